@@ -1,0 +1,221 @@
+"""Argument normalisation: one place that turns ints/tuples into N-tuples, infers N,
+computes output sizes and raises the argument errors.
+
+Everything here is plain Python on ints, so it is free under ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Union
+
+import torch
+
+IntOrTuple = Union[int, Sequence[int]]
+PaddingArg = Union[int, Sequence[int], Sequence[Sequence[int]], str]
+Pads = tuple[tuple[int, int], ...]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+REDUCTIONS = ("sum", "mean")
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass; a bool posing as a size is a bug on the caller's side.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seq(value: object) -> bool:
+    return isinstance(value, (tuple, list, torch.Size))
+
+
+def check_tensor(input: object, name: str = "input") -> torch.Tensor:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    return input
+
+
+def ntuple(value: object, n: int, name: str, min_value: int = 1) -> tuple[int, ...]:
+    """``value`` (int or length-``n`` sequence of ints) as an ``n``-tuple, each >= ``min_value``."""
+    if _is_int(value):
+        out = (int(value),) * n  # type: ignore[call-overload]
+    elif _is_seq(value):
+        out = tuple(value)  # type: ignore[arg-type]
+        if len(out) != n:
+            raise ValueError(
+                f"{name} must be an int or a tuple of {n} ints (one per spatial dim), "
+                f"got {value!r} of length {len(out)}"
+            )
+        if not all(_is_int(v) for v in out):
+            raise TypeError(f"{name} must contain ints, got {value!r}")
+    else:
+        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+    if any(v < min_value for v in out):
+        raise ValueError(f"{name} must be >= {min_value} in every dim, got {value!r}")
+    return out
+
+
+def tuple_len(value: object, name: str) -> int | None:
+    """Number of spatial dims a size argument fixes (None for an int or a string)."""
+    if _is_int(value) or isinstance(value, str):
+        return None
+    if _is_seq(value):
+        return len(value)  # type: ignore[arg-type]
+    raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
+
+
+def infer_n(sizes: dict[str, object], default: int | None) -> int:
+    """N from the tuple lengths among ``sizes`` (name -> value), else ``default``."""
+    lengths = {name: tuple_len(v, name) for name, v in sizes.items()}
+    lengths = {name: n for name, n in lengths.items() if n is not None}
+    if len(set(lengths.values())) > 1:
+        got = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+        raise ValueError(f"size arguments disagree on the number of spatial dims: {got}")
+    n = next(iter(lengths.values()), default)
+    if n is None or n < 1:
+        raise ValueError(f"need at least 1 spatial dim, got {n}")
+    return n
+
+
+def spatial_input(input: object, sizes: dict[str, object]) -> tuple[torch.Tensor, int, bool]:
+    """Validate a ``(B, C, *S)`` or unbatched ``(C, *S)`` input.
+
+    Returns the input as a batched tensor, N and whether the input was batched.
+    """
+    x = check_tensor(input)
+    n = infer_n(sizes, default=x.dim() - 2 if x.dim() >= 3 else None)
+    if x.dim() == n + 2:
+        return x, n, True
+    if x.dim() == n + 1:
+        return x.unsqueeze(0), n, False
+    raise ValueError(
+        f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched), "
+        f"got shape {tuple(x.shape)}"
+    )
+
+
+def padding_pairs(
+    padding: object,
+    n: int,
+    kernel_size: tuple[int, ...],
+    dilation: tuple[int, ...],
+    stride: tuple[int, ...],
+    name: str = "padding",
+) -> Pads:
+    """Per-side padding ``((lo_1, hi_1), ..., (lo_N, hi_N))`` from an int, an N-tuple,
+    per-side pairs, "valid" or "same" (extra element on the high side, as torch's conv)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f'{name}="same" needs stride 1, got stride={stride}')
+            totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise ValueError(f'{name} must be an int, a tuple, "same" or "valid", got {padding!r}')
+    if _is_seq(padding) and any(_is_seq(p) for p in padding):  # type: ignore[union-attr]
+        pairs = tuple(padding)  # type: ignore[arg-type]
+        if len(pairs) != n or not all(_is_seq(p) and len(p) == 2 for p in pairs):
+            raise ValueError(
+                f"{name} as per-side pairs must be {n} pairs ((lo, hi), ...), got {padding!r}"
+            )
+        flat = ntuple(tuple(v for p in pairs for v in p), 2 * n, name, min_value=0)
+        return tuple(zip(flat[::2], flat[1::2], strict=True))
+    sym = ntuple(padding, n, name, min_value=0)
+    return tuple((p, p) for p in sym)
+
+
+def choice(value: object, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def output_size(
+    spatial: Sequence[int],
+    kernel_size: tuple[int, ...],
+    dilation: tuple[int, ...],
+    padding: Pads,
+    stride: tuple[int, ...],
+) -> tuple[int, ...]:
+    """Number of sliding blocks per dim, ``(S + lo + hi - d (k - 1) - 1) // s + 1``.
+
+    >>> output_size((5, 7), (3, 3), (1, 2), ((1, 1), (0, 0)), (2, 1))
+    (3, 3)
+    """
+    out = []
+    for i, (s_, k, d, (lo, hi), st) in enumerate(
+        zip(spatial, kernel_size, dilation, padding, stride, strict=True)
+    ):
+        span = d * (k - 1) + 1
+        if s_ + lo + hi < span:
+            raise ValueError(
+                f"kernel_size {kernel_size} with dilation {dilation} spans {span} in spatial dim "
+                f"{i}, larger than the padded input size {s_ + lo + hi} (input spatial size "
+                f"{tuple(spatial)}, padding {padding})"
+            )
+        out.append((s_ + lo + hi - span) // st + 1)
+    return tuple(out)
+
+
+def transpose_output_size(
+    spatial: Sequence[int],
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    output_padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[int, ...]:
+    """Spatial size of a transposed convolution, ``(S-1) s - 2p + d (k-1) + op + 1``."""
+    for i, (op, s, d) in enumerate(zip(output_padding, stride, dilation, strict=True)):
+        if op >= max(s, d):
+            raise ValueError(
+                f"output_padding must be smaller than max(stride, dilation) in every dim, "
+                f"got output_padding={output_padding} with stride={stride}, dilation={dilation} "
+                f"(dim {i})"
+            )
+    out = tuple(
+        (s_ - 1) * st - 2 * p + d * (k - 1) + op + 1
+        for s_, k, st, p, op, d in zip(
+            spatial, kernel_size, stride, padding, output_padding, dilation, strict=True
+        )
+    )
+    if any(o < 1 for o in out):
+        raise ValueError(
+            f"transposed output size {out} is not positive for input spatial size "
+            f"{tuple(spatial)}, kernel_size={kernel_size}, stride={stride}, padding={padding}, "
+            f"output_padding={output_padding}, dilation={dilation}"
+        )
+    return out
+
+
+def output_padding_for(
+    spatial: Sequence[int],
+    output_size: object,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> tuple[int, ...]:
+    """The ``output_padding`` that makes a transposed conv produce ``output_size``.
+
+    ``output_size`` may carry the batch and channel dims too (as torch allows).
+    """
+    n = len(spatial)
+    if _is_seq(output_size) and len(output_size) in (n + 1, n + 2):  # type: ignore[arg-type]
+        output_size = tuple(output_size)[-n:]  # type: ignore[arg-type]
+    size = ntuple(output_size, n, "output_size", min_value=1)
+    zero = (0,) * n
+    smallest = transpose_output_size(spatial, kernel_size, stride, padding, zero, dilation)
+    for i, (want, lo, st) in enumerate(zip(size, smallest, stride, strict=True)):
+        if not lo <= want <= lo + st - 1:
+            raise ValueError(
+                f"output_size {size} is not reachable: dim {i} must lie in [{lo}, {lo + st - 1}] "
+                f"for input spatial size {tuple(spatial)}, kernel_size={kernel_size}, "
+                f"stride={stride}, padding={padding}, dilation={dilation}"
+            )
+    return tuple(w - lo for w, lo in zip(size, smallest, strict=True))
+
+
+def prod(values: Sequence[int]) -> int:
+    return math.prod(values)

@@ -1,0 +1,434 @@
+"""The data-movement core: unfold (im2col), fold (col2im), unfold_transpose and
+sliding_window_view for any number N of spatial dims and any dtype.
+
+One geometry serves all three ops: a block grid given by ``kernel_size``,
+``dilation``, per-side zero padding and ``stride`` (and, for the transposed im2col,
+a flipped kernel). unfold copies a strided view once; fold, its adjoint, adds the
+prod(kernel_size) strided slices into a zeroed output in a fixed order. Each is the
+other's backward, so derivatives of every order are exact.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _args
+from ._args import IntOrTuple, PaddingArg, Pads
+
+# (kernel_size, dilation, per-side zero padding, stride, flip)
+Geometry = tuple[tuple[int, ...], tuple[int, ...], Pads, tuple[int, ...], bool]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_WIDER = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float64,
+    torch.complex32: torch.complex64,
+    torch.complex64: torch.complex128,
+}
+
+
+def _window_view(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """``(B, C, *P)`` (already padded) -> view ``(B, C, *L, *k)``."""
+    kernel, dilation, _, stride, _ = geom
+    n = len(kernel)
+    for i, (k, d, s) in enumerate(zip(kernel, dilation, stride, strict=True)):
+        x = x.unfold(2 + i, d * (k - 1) + 1, s)
+    if any(d > 1 for d in dilation):
+        x = x[(..., *(slice(None, None, d) for d in dilation))]
+    assert x.dim() == 2 + 2 * n
+    return x
+
+
+def _unfold_forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    kernel, _, pads, _, flip = geom
+    n = len(kernel)
+    if any(p for pair in pads for p in pair):
+        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+    view = _window_view(x, geom)
+    batch, channels = view.shape[:2]
+    blocks = view.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (B, C, *k, *L)
+    cols = torch.empty(blocks.shape, dtype=x.dtype, device=x.device)
+    if flip:  # torch has no negative strides: copy one kernel offset at a time
+        for offset in itertools.product(*(range(k) for k in kernel)):
+            flipped = tuple(k - 1 - j for k, j in zip(kernel, offset, strict=True))
+            cols[(slice(None), slice(None), *flipped)].copy_(blocks[(slice(None), slice(None), *offset)])
+    else:
+        cols.copy_(blocks)
+    return cols.view(batch, channels * _args.prod(kernel), _args.prod(blocks.shape[2 + n :]))
+
+
+def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
+    """``(B, C*prod(k), L)`` -> ``(B, C, *spatial)``, summing in kernel-offset order.
+
+    Slices that fall into the padding are clipped instead of written to a padded buffer.
+    """
+    kernel, dilation, pads, stride, flip = geom
+    blocks = _args.output_size(spatial, kernel, dilation, pads, stride)
+    batch = y.shape[0]
+    channels = y.shape[1] // _args.prod(kernel)
+    acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
+    out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
+    cols = y.reshape(batch, channels, *kernel, *blocks)
+    # Per dim and kernel offset: the range of block indices whose element lands inside
+    # the unpadded output, and where that range starts in the output.
+    ranges = []
+    for size, k, d, (lo, _), s, nb in zip(spatial, kernel, dilation, pads, stride, blocks, strict=True):
+        per_offset = []
+        for j in range(k):
+            start = ((k - 1 - j) if flip else j) * d - lo  # output coordinate of block 0
+            first = max(0, -(start // s)) if start < 0 else 0
+            last = min(nb - 1, (size - 1 - start) // s)
+            per_offset.append((first, last, start))
+        ranges.append(per_offset)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        src: list[object] = [slice(None), slice(None), *offset]
+        dst: list[object] = [slice(None), slice(None)]
+        for per_offset, j, s in zip(ranges, offset, stride, strict=True):
+            first, last, start = per_offset[j]
+            if last < first:
+                break
+            src.append(slice(first, last + 1))
+            dst.append(slice(start + first * s, start + last * s + 1, s))
+        else:
+            out[tuple(dst)] += cols[tuple(src)]
+    return out if acc == y.dtype else out.to(y.dtype)
+
+
+def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
+    x = x.movedim(bdim, 0)
+    v, b = x.shape[:2]
+    return x.reshape(v * b, *x.shape[2:]), v, b
+
+
+class _Unfold(torch.autograd.Function):
+    """im2col on a batched ``(B, C, *S)`` tensor; backward is ``_Fold``."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:  # type: ignore[override]
+        return _unfold_forward(x, geom)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        x, geom = inputs
+        ctx.geom = geom
+        ctx.spatial = tuple(x.shape[2:])
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return _Fold.apply(grad, ctx.spatial, ctx.geom), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _):  # type: ignore[no-untyped-def]
+        return _Unfold.apply(tangent, ctx.geom)
+
+    @staticmethod
+    def vmap(info, in_dims, x, geom):  # type: ignore[no-untyped-def]
+        flat, v, b = _move_vmap_dim(x, in_dims[0])
+        out = _Unfold.apply(flat, geom)
+        return out.view(v, b, *out.shape[1:]), 0
+
+
+class _Fold(torch.autograd.Function):
+    """col2im onto a batched ``(B, C, *spatial)`` tensor; backward is ``_Unfold``."""
+
+    @staticmethod
+    def forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:  # type: ignore[override]
+        return _fold_forward(y, spatial, geom)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        _, spatial, geom = inputs
+        ctx.geom = geom
+        ctx.spatial = spatial
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return _Unfold.apply(grad, ctx.geom), None, None
+
+    @staticmethod
+    def jvp(ctx, tangent, _spatial, _geom):  # type: ignore[no-untyped-def]
+        return _Fold.apply(tangent, ctx.spatial, ctx.geom)
+
+    @staticmethod
+    def vmap(info, in_dims, y, spatial, geom):  # type: ignore[no-untyped-def]
+        flat, v, b = _move_vmap_dim(y, in_dims[0])
+        out = _Fold.apply(flat, spatial, geom)
+        return out.view(v, b, *out.shape[1:]), 0
+
+
+def _unfold(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    # Dynamo cannot trace an autograd.Function with a custom jvp; under torch.compile the
+    # plain ops are traced instead and AOTAutograd derives the same (linear) backward.
+    if torch.compiler.is_compiling():
+        return _unfold_forward(x, geom)
+    return _Unfold.apply(x, geom)
+
+
+def _fold(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _fold_forward(y, spatial, geom)
+    return _Fold.apply(y, spatial, geom)
+
+
+def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> torch.Tensor:
+    idx = torch.arange(-lo, size + hi, device=device)
+    if mode == "reflect":
+        return (size - 1) - ((size - 1) - idx.abs()).abs()
+    if mode == "replicate":
+        return idx.clamp(0, size - 1)
+    return idx.remainder(size)  # circular
+
+
+def _check_pad_mode(spatial: Sequence[int], pads: Pads, mode: str) -> None:
+    for i, (size, (lo, hi)) in enumerate(zip(spatial, pads, strict=True)):
+        if mode == "reflect" and max(lo, hi) >= size:
+            raise ValueError(
+                f'padding {pads} with padding_mode="reflect" must be smaller than the input '
+                f"size {size} in spatial dim {i}"
+            )
+        if mode == "circular" and max(lo, hi) > size:
+            raise ValueError(
+                f'padding {pads} with padding_mode="circular" must be at most the input '
+                f"size {size} in spatial dim {i}"
+            )
+        if mode == "replicate" and size == 0 and lo + hi > 0:
+            raise ValueError(f"cannot replicate-pad an empty spatial dim {i}")
+
+
+def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
+    """Pad the last ``len(pads)`` dims of ``input`` by ``(lo, hi)`` pairs, for any N.
+
+    ``mode`` is "zeros", "reflect", "replicate" or "circular" (torch's conv meaning).
+    Pure data movement (gathers), differentiable.
+    """
+    if mode == "zeros":
+        return F.pad(input, [p for pair in reversed(pads) for p in pair])
+    n = len(pads)
+    for i, (lo, hi) in enumerate(pads):
+        if lo or hi:
+            dim = input.dim() - n + i
+            input = input.index_select(dim, _pad_index(input.shape[dim], lo, hi, mode, input.device))
+    return input
+
+
+def unfold(
+    input: torch.Tensor,
+    kernel_size: IntOrTuple,
+    dilation: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    stride: IntOrTuple = 1,
+    padding_mode: str = "zeros",
+) -> torch.Tensor:
+    """Extract sliding local blocks (im2col) from an N-d input.
+
+    Args:
+        input: ``(B, C, *S)`` or unbatched ``(C, *S)``, any dtype.
+        kernel_size: block size, int or N-tuple.
+        dilation: spacing of block elements, int or N-tuple.
+        padding: int, N-tuple, per-side pairs ``((lo, hi), ...)``, "valid" or "same".
+        stride: step between blocks, int or N-tuple.
+        padding_mode: "zeros", "reflect", "replicate" or "circular".
+
+    Returns:
+        ``(B, C * prod(k), L)`` (or ``(C * prod(k), L)``), row ``c * prod(k) + flat(offset)``,
+        column the row-major block index; equal to ``torch.nn.functional.unfold`` for N = 2.
+
+    >>> x = torch.arange(16.).view(1, 1, 16)
+    >>> unfold(x, 3, stride=5).shape
+    torch.Size([1, 3, 3])
+    """
+    sizes = {"kernel_size": kernel_size, "dilation": dilation, "padding": padding, "stride": stride}
+    x, n, batched = _args.spatial_input(input, sizes)
+    kernel = _args.ntuple(kernel_size, n, "kernel_size")
+    dil = _args.ntuple(dilation, n, "dilation")
+    st = _args.ntuple(stride, n, "stride")
+    pads = _args.padding_pairs(padding, n, kernel, dil, st)
+    mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
+    spatial = tuple(x.shape[2:])
+    if mode != "zeros":
+        _check_pad_mode(spatial, pads, mode)
+    _args.output_size(spatial, kernel, dil, pads, st)  # raises if the kernel does not fit
+    if mode != "zeros":
+        x, pads = pad(x, pads, mode), ((0, 0),) * n
+    out = _unfold(x, (kernel, dil, pads, st, False))
+    return out if batched else out.squeeze(0)
+
+
+def fold(
+    input: torch.Tensor,
+    output_size: IntOrTuple,
+    kernel_size: IntOrTuple,
+    dilation: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    stride: IntOrTuple = 1,
+    reduction: str = "sum",
+) -> torch.Tensor:
+    """Combine sliding local blocks into an N-d tensor (col2im), the adjoint of ``unfold``.
+
+    Overlapping values are summed in a fixed order (deterministic); float16 and bfloat16
+    are accumulated in float32. N is the length of any tuple argument; with ints only,
+    N = 2 as in ``torch.nn.functional.fold``.
+
+    Args:
+        input: ``(B, C * prod(k), L)`` or unbatched ``(C * prod(k), L)``, any dtype.
+        output_size: spatial size of the result, int or N-tuple.
+        kernel_size, dilation, padding, stride: as for ``unfold``.
+        reduction: "sum", or "mean" to divide each element by the number of blocks
+            covering it (0 where none does; floating and complex dtypes only).
+
+    Returns:
+        ``(B, C, *output_size)`` (or ``(C, *output_size)``).
+
+    >>> x = torch.ones(1, 1, 10)
+    >>> fold(unfold(x, 3), 10, 3).flatten().tolist()
+    [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0]
+    """
+    y = _args.check_tensor(input)
+    sizes = {
+        "output_size": output_size,
+        "kernel_size": kernel_size,
+        "dilation": dilation,
+        "padding": padding,
+        "stride": stride,
+    }
+    n = _args.infer_n(sizes, default=2)
+    spatial = _args.ntuple(output_size, n, "output_size", min_value=0)
+    kernel = _args.ntuple(kernel_size, n, "kernel_size")
+    dil = _args.ntuple(dilation, n, "dilation")
+    st = _args.ntuple(stride, n, "stride")
+    pads = _args.padding_pairs(padding, n, kernel, dil, st)
+    mode = _args.choice(reduction, "reduction", _args.REDUCTIONS)
+    if mode == "mean" and not (y.is_floating_point() or y.is_complex()):
+        raise TypeError(f'reduction="mean" needs a floating or complex input, got {y.dtype}')
+    if y.dim() not in (2, 3):
+        raise ValueError(
+            f"input must have 3 dims (B, C * prod(kernel_size), L) or 2 (unbatched), "
+            f"got shape {tuple(y.shape)}"
+        )
+    batched = y.dim() == 3
+    y = y if batched else y.unsqueeze(0)
+    k_numel = _args.prod(kernel)
+    if y.shape[1] % k_numel:
+        raise ValueError(
+            f"input's channel dim ({y.shape[1]}) must be divisible by prod(kernel_size) = "
+            f"{k_numel} (kernel_size={kernel})"
+        )
+    blocks = _args.output_size(spatial, kernel, dil, pads, st)
+    if y.shape[2] != _args.prod(blocks):
+        raise ValueError(
+            f"input's last dim ({y.shape[2]}) must equal the number of blocks "
+            f"{_args.prod(blocks)} = prod{blocks} for output_size={spatial}, "
+            f"kernel_size={kernel}, dilation={dil}, padding={pads}, stride={st}"
+        )
+    geom: Geometry = (kernel, dil, pads, st, False)
+    if mode == "sum":
+        out = _fold(y, spatial, geom)
+    else:
+        # Summing c copies of x is exact in the wider type, so the mean of identical
+        # values is x exactly (float64 inputs have no wider type: round-off there).
+        acc = _WIDER.get(y.dtype, y.dtype)
+        ones = torch.ones((1, k_numel, y.shape[2]), dtype=acc.to_real(), device=y.device)
+        counts = _fold_forward(ones, spatial, geom)
+        out = (_fold(y.to(acc), spatial, geom) / counts.clamp(min=1)).to(y.dtype)
+    return out if batched else out.squeeze(0)
+
+
+def _dilate(x: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """Insert ``s - 1`` zeros between neighbours along each spatial dim (differentiable)."""
+    n = len(stride)
+    for i, s in enumerate(stride):
+        if s > 1:
+            dim = x.dim() - n + i
+            size = x.shape[dim]
+            x = x.unsqueeze(dim + 1)
+            zeros = x.new_zeros((*x.shape[: dim + 1], s - 1, *x.shape[dim + 2 :]))
+            x = torch.cat([x, zeros], dim + 1).flatten(dim, dim + 1)
+            x = x.narrow(dim, 0, (size - 1) * s + 1)
+    return x
+
+
+def unfold_transpose(
+    input: torch.Tensor,
+    kernel_size: IntOrTuple,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0,
+    dilation: IntOrTuple = 1,
+) -> torch.Tensor:
+    """The im2col of a transposed convolution.
+
+    For weight ``W`` of shape ``(C_in, C_out, *k)``,
+    ``conv_transpose(x, W) == (W.transpose(0, 1).flatten(1) @ unfold_transpose(x))``
+    reshaped to ``(B, C_out, *out)``, ``out_i = (S_i-1) s_i - 2 p_i + d_i (k_i-1) + op_i + 1``.
+
+    Args:
+        input: ``(B, C_in, *S)`` or unbatched ``(C_in, *S)``, any dtype.
+        kernel_size, stride, padding, output_padding, dilation: as for
+            ``torch.nn.ConvTransposeNd``, ints or N-tuples.
+
+    Returns:
+        ``(B, C_in * prod(k), prod(out))`` (or unbatched).
+
+    >>> unfold_transpose(torch.ones(1, 2, 4), 3, stride=2).shape
+    torch.Size([1, 6, 9])
+    """
+    sizes = {
+        "kernel_size": kernel_size,
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+    }
+    x, n, batched = _args.spatial_input(input, sizes)
+    kernel = _args.ntuple(kernel_size, n, "kernel_size")
+    st = _args.ntuple(stride, n, "stride")
+    pad_ = _args.ntuple(padding, n, "padding", min_value=0)
+    out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
+    dil = _args.ntuple(dilation, n, "dilation")
+    spatial = tuple(x.shape[2:])
+    _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
+    if any(s == 0 for s in spatial):
+        raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(input.shape)}")
+    # Zero-insert by the stride, pad by d (k-1) - p (+ output_padding on the high side;
+    # negative values crop), then a stride-1 im2col with the kernel flipped.
+    pads = [
+        (d * (k - 1) - p, d * (k - 1) - p + op)
+        for k, p, op, d in zip(kernel, pad_, out_pad, dil, strict=True)
+    ]
+    z = F.pad(_dilate(x, st), [v for pair in reversed(pads) for v in pair])
+    out = _unfold(z, (kernel, dil, ((0, 0),) * n, (1,) * n, True))
+    return out if batched else out.squeeze(0)
+
+
+def sliding_window_view(
+    input: torch.Tensor,
+    kernel_size: IntOrTuple,
+    dilation: IntOrTuple = 1,
+    stride: IntOrTuple = 1,
+) -> torch.Tensor:
+    """Zero-copy view of all sliding blocks, window dims last (as numpy's).
+
+    Args:
+        input: ``(B, C, *S)`` or unbatched ``(C, *S)``.
+        kernel_size, dilation, stride: ints or N-tuples.
+
+    Returns:
+        A view ``(B, C, *L, *k)`` (or ``(C, *L, *k)``) sharing ``input``'s storage.
+
+    >>> sliding_window_view(torch.arange(5.).view(1, 1, 5), 2).shape
+    torch.Size([1, 1, 4, 2])
+    """
+    sizes = {"kernel_size": kernel_size, "dilation": dilation, "stride": stride}
+    x, n, batched = _args.spatial_input(input, sizes)
+    kernel = _args.ntuple(kernel_size, n, "kernel_size")
+    dil = _args.ntuple(dilation, n, "dilation")
+    st = _args.ntuple(stride, n, "stride")
+    zero: Pads = ((0, 0),) * n
+    _args.output_size(tuple(x.shape[2:]), kernel, dil, zero, st)
+    view = _window_view(x, (kernel, dil, zero, st, False))
+    return view if batched else view.squeeze(0)
