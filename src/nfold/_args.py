@@ -7,13 +7,12 @@ Everything here is plain Python on ints, so it is free under ``torch.compile``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Union
+from collections.abc import Mapping, Sequence
 
 import torch
 
-IntOrTuple = Union[int, Sequence[int]]
-PaddingArg = Union[int, Sequence[int], Sequence[Sequence[int]], str]
+IntOrTuple = int | Sequence[int]
+PaddingArg = int | Sequence[int] | Sequence[Sequence[int]] | str
 Pads = tuple[tuple[int, int], ...]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -64,7 +63,7 @@ def tuple_len(value: object, name: str) -> int | None:
     raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
 
 
-def infer_n(sizes: dict[str, object], default: int | None) -> int:
+def infer_n(sizes: Mapping[str, object], default: int | None) -> int:
     """N from the tuple lengths among ``sizes`` (name -> value), else ``default``."""
     lengths = {name: tuple_len(v, name) for name, v in sizes.items()}
     lengths = {name: n for name, n in lengths.items() if n is not None}
@@ -77,7 +76,7 @@ def infer_n(sizes: dict[str, object], default: int | None) -> int:
     return n
 
 
-def spatial_input(input: object, sizes: dict[str, object]) -> tuple[torch.Tensor, int, bool]:
+def spatial_input(input: object, sizes: Mapping[str, object]) -> tuple[torch.Tensor, int, bool]:
     """Validate a ``(B, C, *S)`` or unbatched ``(C, *S)`` input.
 
     Returns the input as a batched tensor, N and whether the input was batched.
@@ -113,8 +112,8 @@ def padding_pairs(
             totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
             return tuple((t // 2, t - t // 2) for t in totals)
         raise ValueError(f'{name} must be an int, a tuple, "same" or "valid", got {padding!r}')
-    if _is_seq(padding) and any(_is_seq(p) for p in padding):  # type: ignore[union-attr]
-        pairs = tuple(padding)  # type: ignore[arg-type]
+    if _is_seq(padding) and any(_is_seq(p) for p in padding):  # type: ignore[attr-defined]
+        pairs: tuple[Sequence[int], ...] = tuple(padding)  # type: ignore[arg-type]
         if len(pairs) != n or not all(_is_seq(p) and len(p) == 2 for p in pairs):
             raise ValueError(
                 f"{name} as per-side pairs must be {n} pairs ((lo, hi), ...), got {padding!r}"

@@ -3,6 +3,8 @@ once in ``__init__`` and shows only non-default settings in ``extra_repr``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -11,11 +13,13 @@ from ._args import IntOrTuple, PaddingArg
 from .patches import fold, unfold, unfold_transpose
 
 
-def _repr(defaults: dict[str, object], values: dict[str, object]) -> str:
-    return ", ".join(f"{k}={v!r}" for k, v in values.items() if k not in defaults or defaults[k] != v)
+def _repr(defaults: Mapping[str, object], values: Mapping[str, object]) -> str:
+    return ", ".join(
+        f"{k}={v!r}" for k, v in values.items() if k not in defaults or defaults[k] != v
+    )
 
 
-def _validate(sizes: dict[str, object], min_values: dict[str, int]) -> int:
+def _validate(sizes: Mapping[str, object], min_values: Mapping[str, int]) -> int:
     """Type- and range-check size arguments before any input is seen; returns the N they
     fix (1 when all are ints: then the check does not depend on N)."""
     n = _args.infer_n(sizes, default=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +40,8 @@ def _window_view(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     for i, (k, d, s) in enumerate(zip(kernel, dilation, stride, strict=True)):
         x = x.unfold(2 + i, d * (k - 1) + 1, s)
     if any(d > 1 for d in dilation):
-        x = x[(..., *(slice(None, None, d) for d in dilation))]
+        index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in dilation))
+        x = x[index]
     assert x.dim() == 2 + 2 * n
     return x
 
@@ -56,16 +58,41 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     if flip:  # torch has no negative strides: copy one kernel offset at a time
         for offset in itertools.product(*(range(k) for k in kernel)):
             flipped = tuple(k - 1 - j for k, j in zip(kernel, offset, strict=True))
-            cols[(slice(None), slice(None), *flipped)].copy_(blocks[(slice(None), slice(None), *offset)])
+            dst: tuple[Any, ...] = (slice(None), slice(None), *flipped)
+            src: tuple[Any, ...] = (slice(None), slice(None), *offset)
+            cols[dst].copy_(blocks[src])
     else:
         cols.copy_(blocks)
     return cols.view(batch, channels * _args.prod(kernel), _args.prod(blocks.shape[2 + n :]))
 
 
-def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
-    """``(B, C*prod(k), L)`` -> ``(B, C, *spatial)``, summing in kernel-offset order.
+def _phase_plan(
+    size: int, k: int, d: int, lo: int, s: int, blocks: int, flip: bool
+) -> dict[int, tuple[int, list[tuple[int, int, int, int]]]]:
+    """One spatial dim of fold: kernel offsets grouped by the output phase they hit.
 
-    Slices that fall into the padding are clipped instead of written to a padded buffer.
+    Block ``l`` of kernel offset ``j`` lands on output ``q = r + s * (l + t)`` with
+    ``r, t = divmod``-parts of ``j d - lo``. Returns ``{r: (M_r, [(j, first, last, t)])}``
+    where ``M_r`` counts outputs of phase ``r`` and blocks ``first..last`` are in range.
+    """
+    plan: dict[int, tuple[int, list[tuple[int, int, int, int]]]] = {}
+    for j in range(k):
+        t, r = divmod(((k - 1 - j) if flip else j) * d - lo, s)
+        count = max(0, (size - r + s - 1) // s)
+        first, last = max(0, -t), min(blocks - 1, count - 1 - t)
+        if first <= last:
+            plan.setdefault(r, (count, []))[1].append((j, first, last, t))
+    return plan
+
+
+def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
+    """``(B, C*prod(k), L)`` -> ``(B, C, *spatial)``.
+
+    Outputs are split into stride phases (``q mod s``); each phase is accumulated in a
+    contiguous buffer (vectorised adds) and then written to its strided slice once.
+    Every output element receives its blocks in row-major kernel-offset order, starting
+    from zero, as torch's col2im does, so results are bitwise equal to torch's.
+    Padding is never materialised: out-of-range blocks are clipped.
     """
     kernel, dilation, pads, stride, flip = geom
     blocks = _args.output_size(spatial, kernel, dilation, pads, stride)
@@ -74,28 +101,24 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
-    # Per dim and kernel offset: the range of block indices whose element lands inside
-    # the unpadded output, and where that range starts in the output.
-    ranges = []
-    for size, k, d, (lo, _), s, nb in zip(spatial, kernel, dilation, pads, stride, blocks, strict=True):
-        per_offset = []
-        for j in range(k):
-            start = ((k - 1 - j) if flip else j) * d - lo  # output coordinate of block 0
-            first = max(0, -(start // s)) if start < 0 else 0
-            last = min(nb - 1, (size - 1 - start) // s)
-            per_offset.append((first, last, start))
-        ranges.append(per_offset)
-    for offset in itertools.product(*(range(k) for k in kernel)):
-        src: list[object] = [slice(None), slice(None), *offset]
-        dst: list[object] = [slice(None), slice(None)]
-        for per_offset, j, s in zip(ranges, offset, stride, strict=True):
-            first, last, start = per_offset[j]
-            if last < first:
-                break
-            src.append(slice(first, last + 1))
-            dst.append(slice(start + first * s, start + last * s + 1, s))
-        else:
-            out[tuple(dst)] += cols[tuple(src)]
+    plans = [
+        _phase_plan(*dim, flip)
+        for dim in zip(spatial, kernel, dilation, (lo for lo, _ in pads), stride, blocks, strict=True)
+    ]
+    strided = any(s > 1 for s in stride)
+    for phase in itertools.product(*(sorted(plan.items()) for plan in plans)):
+        counts = [count for _, (count, _) in phase]
+        buf = out.new_zeros((batch, channels, *counts)) if strided else out
+        for offset in itertools.product(*(terms for _, (_, terms) in phase)):
+            src: list[Any] = [slice(None), slice(None), *(j for j, *_ in offset)]
+            dst: list[Any] = [slice(None), slice(None)]
+            for _, first, last, t in offset:
+                src.append(slice(first, last + 1))
+                dst.append(slice(first + t, last + t + 1))
+            buf[tuple(dst)].add_(cols[tuple(src)])
+        if strided:
+            phase_slice = (slice(r, None, s) for (r, _), s in zip(phase, stride, strict=True))
+            out[(slice(None), slice(None), *phase_slice)] = buf
     return out if acc == y.dtype else out.to(y.dtype)
 
 
@@ -212,7 +235,9 @@ def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     for i, (lo, hi) in enumerate(pads):
         if lo or hi:
             dim = input.dim() - n + i
-            input = input.index_select(dim, _pad_index(input.shape[dim], lo, hi, mode, input.device))
+            input = input.index_select(
+                dim, _pad_index(input.shape[dim], lo, hi, mode, input.device)
+            )
     return input
 
 
