@@ -1,19 +1,44 @@
 """nfold: N-dimensional unfold / fold (im2col / col2im) and convolution as matrix
 multiplication for PyTorch: exact, any number of spatial dims, any dtype."""
 
+from .check import check_model
 from .compat import FoldNd, UnfoldNd, UnfoldTransposeNd, foldNd, unfold_transposeNd, unfoldNd
+from .conv import conv, conv_transpose
+from .conv_modules import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvNd,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+    ConvTransposeNd,
+)
+from .convert import convert
 from .modules import Fold, Unfold, UnfoldTranspose
 from .patches import fold, sliding_window_view, unfold, unfold_transpose
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvNd",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ConvTransposeNd",
     "Fold",
     "FoldNd",
     "Unfold",
     "UnfoldNd",
     "UnfoldTranspose",
     "UnfoldTransposeNd",
+    "check_model",
+    "conv",
+    "conv_transpose",
+    "convert",
     "fold",
     "foldNd",
     "sliding_window_view",

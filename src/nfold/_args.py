@@ -6,7 +6,9 @@ Everything here is plain Python on ints, so it is free under ``torch.compile``.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -82,14 +84,20 @@ def spatial_input(input: object, sizes: Mapping[str, object]) -> tuple[torch.Ten
     Returns the input as a batched tensor, N and whether the input was batched.
     """
     x = check_tensor(input)
+    fixed = [f"{name}={v!r}" for name, v in sizes.items() if tuple_len(v, name) is not None]
+    if x.dim() < 3 and not fixed:
+        raise ValueError(
+            f"input must have at least 3 dims (B, C, *spatial) when every size argument is an "
+            f"int (pass N-tuples for an unbatched (C, *spatial) input), got shape {tuple(x.shape)}"
+        )
     n = infer_n(sizes, default=x.dim() - 2 if x.dim() >= 3 else None)
     if x.dim() == n + 2:
         return x, n, True
     if x.dim() == n + 1:
         return x.unsqueeze(0), n, False
     raise ValueError(
-        f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched), "
-        f"got shape {tuple(x.shape)}"
+        f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched) for the "
+        f"{n} spatial dims given by {', '.join(fixed)}, got shape {tuple(x.shape)}"
     )
 
 
@@ -204,8 +212,12 @@ def output_padding_for(
     if _is_seq(output_size) and len(output_size) in (n + 1, n + 2):  # type: ignore[arg-type]
         output_size = tuple(output_size)[-n:]  # type: ignore[arg-type]
     size = ntuple(output_size, n, "output_size", min_value=1)
-    zero = (0,) * n
-    smallest = transpose_output_size(spatial, kernel_size, stride, padding, zero, dilation)
+    # The smallest size (output_padding 0) may be <= 0 while output_size is reachable
+    # (torch accepts it), so it is computed here without transpose_output_size's check.
+    smallest = tuple(
+        (s_ - 1) * st - 2 * p + d * (k - 1) + 1
+        for s_, k, st, p, d in zip(spatial, kernel_size, stride, padding, dilation, strict=True)
+    )
     for i, (want, lo, st) in enumerate(zip(size, smallest, stride, strict=True)):
         if not lo <= want <= lo + st - 1:
             raise ValueError(
@@ -218,3 +230,95 @@ def output_padding_for(
 
 def prod(values: Sequence[int]) -> int:
     return math.prod(values)
+
+
+
+_INT64_MAX = 2**63 - 1
+
+
+@functools.lru_cache(maxsize=None)
+def _memory_bytes(device: torch.device) -> int | None:
+    """Bytes of memory ``device`` has (None: unknown, or meta, which allocates nothing)."""
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+            return None
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return None
+
+
+def check_alloc(
+    like: torch.Tensor, op: str, args: Mapping[str, object], **shapes: Sequence[int]
+) -> None:
+    """Reject up front, in Python ints, tensors that cannot be allocated.
+
+    Each ``name=shape`` is a tensor ``op`` is about to create with ``like``'s dtype and
+    device. Raises ``ValueError`` naming the arguments ``args`` and the size requested when
+    the element count exceeds int64 or the bytes exceed the device's memory, instead of
+    letting the allocator fail, overflow or (with overcommit) get the process killed.
+    """
+    if torch.compiler.is_compiling():
+        return  # shapes were checked when the graph was traced eagerly / are symbolic
+    if any(not isinstance(s, int) for shape in shapes.values() for s in shape):
+        return  # symbolic sizes: nothing to check in Python ints
+    limit = None
+    for name, shape in shapes.items():
+        numel = math.prod(shape)
+        nbytes = numel * like.dtype.itemsize
+        if numel <= 2**24 and nbytes <= 2**30:
+            continue  # small: skip the (cached) device-memory lookup
+        if limit is None:
+            limit = _memory_bytes(like.device) or _INT64_MAX
+        if numel > _INT64_MAX or nbytes > limit:
+            bound = (
+                f"the int64 element-count limit {_INT64_MAX}"
+                if numel > _INT64_MAX
+                else f"the {limit} bytes of memory of device {like.device}"
+            )
+            got = ", ".join(f"{k}={v!r}" for k, v in args.items())
+            raise ValueError(
+                f"{op} with {got} would allocate {name} of shape {tuple(shape)}: {numel} "
+                f"elements, {nbytes} bytes of {like.dtype}, more than {bound}"
+            )
+
+
+def check_unfold_alloc(
+    x: torch.Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+    stride: tuple[int, ...],
+) -> None:  # fmt: skip
+    """``unfold``'s padded input and ``(B, C * prod(k), L)`` output fit (see check_alloc)."""
+    spatial = tuple(x.shape[2:])
+    blocks = output_size(spatial, kernel, dilation, pads, stride)
+    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
+            "padding": pads, "stride": stride}  # fmt: skip
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    b, c = x.shape[:2]
+    check_alloc(x, "unfold", args, padded_input=(b, c, *padded),
+                output=(b, c * prod(kernel), prod(blocks)))  # fmt: skip
+
+
+def check_fold_alloc(y: torch.Tensor, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> None:
+    """``fold``'s ``(B, C, *output_size)`` output fits (see check_alloc)."""
+    args = {"input.shape": tuple(y.shape), "output_size": spatial, "kernel_size": kernel}
+    check_alloc(y, "fold", args, output=(y.shape[0], y.shape[1] // prod(kernel), *spatial))
+
+
+def check_unfold_transpose_alloc(
+    x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+    output_padding: tuple[int, ...], dilation: tuple[int, ...],
+) -> None:  # fmt: skip
+    """``unfold_transpose``'s zero-inserted input and output fit (see check_alloc)."""
+    spatial = tuple(x.shape[2:])
+    out = transpose_output_size(spatial, kernel, stride, padding, output_padding, dilation)
+    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "stride": stride,
+            "padding": padding, "output_padding": output_padding, "dilation": dilation}  # fmt: skip
+    b, c = x.shape[:2]
+    dilated = tuple((s - 1) * st + 1 for s, st in zip(spatial, stride, strict=True))
+    padded = tuple(
+        (s - 1) * st + 1 + max(0, 2 * (d * (k - 1) - p) + op)
+        for s, st, k, p, op, d in zip(spatial, stride, kernel, padding, output_padding, dilation)
+    )
+    check_alloc(x, "unfold_transpose", args, zero_inserted_input=(b, c, *dilated),
+                padded_input=(b, c, *padded), output=(b, c * prod(kernel), prod(out)))  # fmt: skip

@@ -24,6 +24,8 @@ from ._args import IntOrTuple, PaddingArg, Pads
 Geometry = tuple[tuple[int, ...], tuple[int, ...], Pads, tuple[int, ...], bool]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# torch has no add for these; fold sums them in int64 (the same bits modulo 2^64)
+_NO_ADD = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
 _WIDER = {
     torch.float16: torch.float32,
     torch.bfloat16: torch.float32,
@@ -94,6 +96,8 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     from zero, as torch's col2im does, so results are bitwise equal to torch's.
     Padding is never materialised: out-of-range blocks are clipped.
     """
+    if y.dtype in _NO_ADD:
+        return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
     kernel, dilation, pads, stride, flip = geom
     blocks = _args.output_size(spatial, kernel, dilation, pads, stride)
     batch = y.shape[0]
@@ -278,6 +282,7 @@ def unfold(
     if mode != "zeros":
         _check_pad_mode(spatial, pads, mode)
     _args.output_size(spatial, kernel, dil, pads, st)  # raises if the kernel does not fit
+    _args.check_unfold_alloc(x, kernel, dil, pads, st)
     if mode != "zeros":
         x, pads = pad(x, pads, mode), ((0, 0),) * n
     out = _unfold(x, (kernel, dil, pads, st, False))
@@ -350,6 +355,7 @@ def fold(
             f"{_args.prod(blocks)} = prod{blocks} for output_size={spatial}, "
             f"kernel_size={kernel}, dilation={dil}, padding={pads}, stride={st}"
         )
+    _args.check_fold_alloc(y, spatial, kernel)
     geom: Geometry = (kernel, dil, pads, st, False)
     if mode == "sum":
         out = _fold(y, spatial, geom)
@@ -417,6 +423,7 @@ def unfold_transpose(
     dil = _args.ntuple(dilation, n, "dilation")
     spatial = tuple(x.shape[2:])
     _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
+    _args.check_unfold_transpose_alloc(x, kernel, st, pad_, out_pad, dil)
     if any(s == 0 for s in spatial):
         raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(input.shape)}")
     # Zero-insert by the stride, pad by d (k-1) - p (+ output_padding on the high side;

@@ -1,0 +1,433 @@
+"""Convolution and transposed convolution as matrix multiplication, for any N.
+
+``conv`` = unfold -> (grouped) matmul -> reshape; ``conv_transpose`` = (grouped) matmul
+-> fold. Groups are one broadcast ``torch.matmul`` over a ``(B, G, ...)`` view, never a
+Python loop. Gradients come from autograd through unfold / fold (each the other's
+backward) and matmul, so they are exact to round-off.
+
+With ``max_workspace_bytes`` the work is split into slabs of the *output*: first over the
+batch, then over ranges of output positions along the first spatial dim, then (if one
+output row is still too large) along the next dim, and so on. Each slab reads the input
+rows it needs (with its own share of the padding) and runs the unchunked kernel on them;
+the slabs are concatenated. Every output element goes through the same unfold / fold
+sums in the same order as without chunking. Chunks over the batch run the very same
+per-sample matmuls, so forward and input gradient are bitwise identical; chunks over
+output positions change the matmul width, and BLAS rounds a column differently
+depending on the width (kernel choice, edge tiles), so those agree to round-off (~1e-16
+relative), as do weight gradients (summed over chunks in a different order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import _args
+from ._args import IntOrTuple, PaddingArg, Pads
+from .patches import _check_pad_mode, _fold, _unfold, pad
+
+_Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
+_Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
+_Leaf = Callable[[torch.Tensor, Sequence[object], Sequence[int]], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_operands(
+    input: object, weight: object, bias: object, sizes: dict[str, object], fn: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, bool]:
+    """Types, dtypes and ranks of ``input``, ``weight``, ``bias``; returns batched input, N."""
+    x = _args.check_tensor(input, "input")
+    w = _args.check_tensor(weight, "weight")
+    b = None if bias is None else _args.check_tensor(bias, "bias")
+    for name, t in (("input", x), ("weight", w), ("bias", b)):
+        if t is not None and not (t.is_floating_point() or t.is_complex()):
+            raise TypeError(
+                f"{fn} needs floating or complex tensors, got {name} of dtype {t.dtype}"
+            )
+    for name, t in (("weight", w), ("bias", b)):
+        if t is not None and t.dtype != x.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} must match input dtype {x.dtype}")
+    layout = (
+        "(C_out, C_in/groups, *kernel_size)"
+        if fn == "conv"
+        else "(C_in, C_out/groups, *kernel_size)"
+    )
+    if w.dim() < 3:
+        raise ValueError(
+            f"weight must have shape {layout} with at least 1 spatial dim, "
+            f"got shape {tuple(w.shape)}"
+        )
+    n = _args.infer_n(sizes, default=w.dim() - 2)
+    if w.dim() != n + 2:
+        given = ", ".join(f"{k}={v!r}" for k, v in sizes.items() if _args.tuple_len(v, k))
+        raise ValueError(
+            f"weight must have {n + 2} dims {layout} for the {n} spatial dims that {given} "
+            f"give, got shape {tuple(w.shape)}"
+        )
+    _args.ntuple(tuple(w.shape[2:]), n, "weight.shape[2:] (kernel_size)")
+    x, n, batched = _args.spatial_input(x, {**sizes, "weight.shape[2:]": tuple(w.shape[2:])})
+    return x, w, b, n, batched
+
+
+def _check_groups(groups: object, c_in: int, c_out: int, in_name: str, out_name: str) -> int:
+    if not _args._is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    g = int(groups)  # type: ignore[call-overload]
+    if g < 1:
+        raise ValueError(f"groups must be a positive int, got {g}")
+    for count, name in ((c_in, in_name), (c_out, out_name)):
+        if count % g:
+            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
+    return g
+
+
+def _check_bias(bias: torch.Tensor | None, c_out: int) -> None:
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(
+            f"bias must have shape ({c_out},) (one value per output channel), "
+            f"got shape {tuple(bias.shape)}"
+        )
+
+
+def _check_workspace(max_workspace_bytes: object) -> int | None:
+    if max_workspace_bytes is None:
+        return None
+    if not _args._is_int(max_workspace_bytes):
+        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
+    if max_workspace_bytes < 1:  # type: ignore[operator]
+        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
+    return int(max_workspace_bytes)  # type: ignore[call-overload]
+
+
+def _span(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    return tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+
+
+# --------------------------------------------------------------------------- chunking
+
+
+def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def _chunked(
+    x: torch.Tensor,
+    params: tuple[object, ...],
+    outs: tuple[int, ...],
+    limit: int | None,
+    cost: _Cost,
+    slab: _Slab,
+    leaf: _Leaf,
+) -> torch.Tensor:
+    """Run ``leaf`` on output slabs whose ``cost`` (bytes) is at most ``limit``.
+
+    ``params[i]`` describes spatial dim i of ``x`` for ``leaf`` (pads, or an offset);
+    ``slab(i, size_i, params[i], o0, o1)`` gives the input range ``(start, length)`` and
+    the new ``params[i]`` for output positions ``[o0, o1)`` of dim i. The caller has
+    checked that a single output position fits.
+    """
+    n = len(outs)
+
+    def fits(b: int, spatial: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> bool:
+        return limit is None or cost(b, spatial, ps, os) <= limit
+
+    def piece(
+        x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int, o0: int, o1: int
+    ) -> tuple[int, int, tuple[int, ...], tuple[object, ...], tuple[int, ...]]:
+        start, length, p = slab(i, x.shape[2 + i], ps[i], o0, o1)
+        spatial = (*x.shape[2 : 2 + i], length, *x.shape[3 + i :])
+        return start, length, spatial, (*ps[:i], p, *ps[i + 1 :]), (*os[:i], o1 - o0, *os[i + 1 :])
+
+    def split(x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int) -> torch.Tensor:
+        b = x.shape[0]
+        if i == n or fits(b, x.shape[2:], ps, os):
+            return leaf(x, ps, os)
+        pieces, o0 = [], 0
+        while o0 < os[i]:
+
+            def ok(o1: int, o0: int = o0) -> bool:
+                return fits(b, *piece(x, ps, os, i, o0, o1)[2:])
+
+            o1 = _largest(o0 + 1, os[i], ok) if ok(o0 + 1) else o0 + 1
+            start, length, _, sub_ps, sub_os = piece(x, ps, os, i, o0, o1)
+            pieces.append(split(x.narrow(2 + i, start, length), sub_ps, sub_os, i + 1))
+            o0 = o1
+        return torch.cat(pieces, 2 + i)
+
+    batch, spatial = x.shape[0], x.shape[2:]
+    if fits(batch, spatial, params, outs):
+        return leaf(x, params, outs)
+    step = (
+        _largest(1, batch, lambda b: fits(b, spatial, params, outs))
+        if fits(1, spatial, params, outs)
+        else 1
+    )
+    return torch.cat([split(x[b : b + step], params, outs, 0) for b in range(0, batch, step)], 0)
+
+
+# --------------------------------------------------------------------------- conv
+
+
+def conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrTuple = 1,
+    padding: PaddingArg = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+    padding_mode: str = "zeros",
+    max_workspace_bytes: int | None = None,
+) -> torch.Tensor:
+    """N-d convolution (cross-correlation, as torch's) computed as unfold -> matmul -> reshape.
+
+    Same result as ``torch.nn.functional.conv{N}d`` for N <= 3, for any N >= 1.
+
+    Args:
+        input: ``(B, C_in, *S)`` or unbatched ``(C_in, *S)``, floating or complex.
+        weight: ``(C_out, C_in / groups, *k)``; N = ``weight.dim() - 2``.
+        bias: ``(C_out,)`` or None.
+        stride: int or N-tuple.
+        padding: int, N-tuple, per-side pairs ``((lo, hi), ...)``, "valid" or "same"
+            ("same" needs stride 1; an even kernel pads one more on the high side, as torch).
+        dilation: int or N-tuple.
+        groups: number of channel groups; divides ``C_in`` and ``C_out``.
+        padding_mode: "zeros", "reflect", "replicate" or "circular" (as ``torch.nn.ConvNd``).
+        max_workspace_bytes: if set, the unfolded matrix is built and consumed in slabs
+            (over the batch, then over output positions) so that no intermediate is larger;
+            equal to the unchunked result (bitwise for batch chunks, else to round-off).
+
+    Returns:
+        ``(B, C_out, *L)`` (or ``(C_out, *L)``),
+        ``L_i = (S_i + lo_i + hi_i - d_i (k_i - 1) - 1) // s_i + 1``.
+
+    >>> x, w = torch.randn(2, 4, 5, 6, 7), torch.randn(6, 2, 3, 3, 3)
+    >>> conv(x, w, stride=2, padding=1, groups=2).shape
+    torch.Size([2, 6, 3, 3, 4])
+    """
+    sizes: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
+    x, w, b, n, batched = _check_operands(input, weight, bias, sizes, "conv")
+    kernel = tuple(w.shape[2:])
+    st = _args.ntuple(stride, n, "stride")
+    dil = _args.ntuple(dilation, n, "dilation")
+    pads = _args.padding_pairs(padding, n, kernel, dil, st)
+    mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
+    c_in, c_out = x.shape[1], w.shape[0]
+    g = _check_groups(groups, c_in, c_out, "input channels (C_in)", "weight.shape[0] (C_out)")
+    if c_in != w.shape[1] * g:
+        raise ValueError(
+            f"input has {c_in} channels but weight of shape {tuple(w.shape)} with groups={g} "
+            f"expects weight.shape[1] * groups = {w.shape[1] * g}"
+        )
+    _check_bias(b, c_out)
+    spatial = tuple(x.shape[2:])
+    if mode != "zeros":
+        _check_pad_mode(spatial, pads, mode)
+    outs = _args.output_size(spatial, kernel, dil, pads, st)
+    limit = _check_workspace(max_workspace_bytes)
+    k_numel, item = _args.prod(kernel), x.element_size()
+    w_numel = w.numel()
+
+    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
+        cols = _args.prod(os)
+        pairs: Pads = tuple(ps)  # type: ignore[arg-type]
+        padded = [s + lo + hi for s, (lo, hi) in zip(sp, pairs, strict=True)]
+        return (
+            item
+            * batch
+            * max(
+                c_in * k_numel * cols,  # unfolded matrix
+                c_out * cols,  # matmul result
+                c_in * _args.prod(padded),  # padded (or copied) input slab
+                w_numel if batch > 1 else 0,  # weight broadcast over the batch by matmul
+            )
+        )
+
+    if limit is not None:
+        has_pad = any(p for pair in pads for p in pair) or mode != "zeros"
+        one = cost(1, _span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+        if one > limit:
+            raise ValueError(
+                f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+                f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
+                f"{item} bytes)"
+            )
+
+    # ---- work starts here
+    if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
+        x, pads = pad(x, pads, mode), ((0, 0),) * n
+    w_mat = w.reshape(g, c_out // g, (c_in // g) * k_numel)
+
+    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
+        geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
+        batch = x.shape[0]
+        if (
+            all(k == 1 for k in kernel)
+            and all(s == 1 for s in st)
+            and not any(p for pair in geom_pads for p in pair)
+        ):
+            cols = x.reshape(batch, g, c_in // g, _args.prod(os))  # a 1x1 kernel needs no unfold
+        else:
+            cols = _unfold(x, (kernel, dil, geom_pads, st, False)).view(
+                batch, g, (c_in // g) * k_numel, _args.prod(os)
+            )
+        return torch.matmul(w_mat, cols).reshape(batch, c_out, *os)
+
+    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
+        lo: int = p[0]  # type: ignore[index]
+        a = o0 * st[i] - lo  # input coordinate of the slab's first padded element
+        e = (o1 - 1) * st[i] + dil[i] * (kernel[i] - 1) + 1 - lo  # one past its last
+        new_lo = min(max(-a, 0), e - a)
+        new_hi = min(max(e - size, 0), e - a - new_lo)
+        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
+
+    out = _chunked(x, pads, outs, limit, cost, slab, leaf)
+    if b is not None:
+        out = out + b.view(-1, *(1,) * n)
+    return out if batched else out.squeeze(0)
+
+
+# --------------------------------------------------------------------------- conv_transpose
+
+
+def conv_transpose(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple = 0,
+    output_padding: IntOrTuple = 0,
+    groups: int = 1,
+    dilation: IntOrTuple = 1,
+    output_size: IntOrTuple | None = None,
+    max_workspace_bytes: int | None = None,
+) -> torch.Tensor:
+    """N-d transposed convolution computed as (grouped) matmul -> fold.
+
+    Same result as ``torch.nn.functional.conv_transpose{N}d`` for N <= 3, for any N >= 1.
+
+    Args:
+        input: ``(B, C_in, *S)`` or unbatched ``(C_in, *S)``, floating or complex.
+        weight: ``(C_in, C_out / groups, *k)`` (torch's layout); N = ``weight.dim() - 2``.
+        bias: ``(C_out,)`` or None.
+        stride, padding, output_padding, dilation: ints or N-tuples, as torch's;
+            ``output_padding`` must be smaller than ``max(stride, dilation)`` per dim.
+        groups: number of channel groups; divides ``C_in`` and ``C_out``.
+        output_size: requested spatial size (N values, or with batch/channel dims);
+            determines ``output_padding`` as ``torch.nn.ConvTransposeNd.forward`` does.
+        max_workspace_bytes: if set, work in output slabs (over the batch, then over
+            output positions) so that no intermediate is larger; equal to the unchunked
+            result (bitwise for batch chunks, else to round-off).
+
+    Returns:
+        ``(B, C_out, *O)`` (or unbatched),
+        ``O_i = (S_i - 1) s_i - 2 p_i + d_i (k_i - 1) + op_i + 1``.
+
+    >>> x, w = torch.randn(2, 4, 5), torch.randn(4, 3, 3)
+    >>> conv_transpose(x, w, stride=2, output_padding=1).shape
+    torch.Size([2, 3, 12])
+    """
+    sizes: dict[str, object] = {
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+    }
+    x, w, b, n, batched = _check_operands(input, weight, bias, sizes, "conv_transpose")
+    kernel = tuple(w.shape[2:])
+    st = _args.ntuple(stride, n, "stride")
+    pad_ = _args.ntuple(padding, n, "padding", min_value=0)
+    out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
+    dil = _args.ntuple(dilation, n, "dilation")
+    c_in = x.shape[1]
+    if c_in != w.shape[0]:
+        raise ValueError(
+            f"input has {c_in} channels but weight of shape {tuple(w.shape)} expects "
+            f"weight.shape[0] = {w.shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
+        )
+    g = _check_groups(groups, c_in, c_in, "input channels (C_in)", "input channels (C_in)")
+    c_out = w.shape[1] * g
+    _check_bias(b, c_out)
+    spatial = tuple(x.shape[2:])
+    if any(s == 0 for s in spatial):
+        raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(input.shape)}")
+    if output_size is not None:
+        derived = _args.output_padding_for(spatial, output_size, kernel, st, pad_, dil)
+        if any(out_pad) and out_pad != derived:
+            raise ValueError(
+                f"output_padding={out_pad} contradicts output_size={output_size!r}, which "
+                f"needs output_padding={derived}; give only one of them"
+            )
+        out_pad = derived
+    outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
+    limit = _check_workspace(max_workspace_bytes)
+    span = _span(kernel, dil)
+    k_numel, item, w_numel = _args.prod(kernel), x.element_size(), w.numel()
+
+    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
+        return (
+            item
+            * batch
+            * max(
+                c_out * k_numel * _args.prod(sp),  # columns before fold
+                c_out * _args.prod(os),  # folded slab
+                c_in * _args.prod(sp),  # input slab (copied if not contiguous)
+                w_numel if batch > 1 else 0,  # weight broadcast over the batch by matmul
+            )
+        )
+
+    if limit is not None:
+        rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
+        one = cost(1, rows, (0,) * n, (1,) * n)
+        if one > limit:
+            raise ValueError(
+                f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+                f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
+                f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
+            )
+
+    # ---- work starts here
+    # (G, C_out/G * prod(k), C_in/G): row index (c_out, kernel offset), fold's layout.
+    w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
+
+    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
+        # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
+        batch, sp = x.shape[0], tuple(x.shape[2:])
+        if any(s == 0 for s in sp):  # no input row reaches this slab of the output
+            return x.new_zeros((batch, c_out, *os))
+        positions = _args.prod(sp)
+        cols = torch.matmul(w_t, x.reshape(batch, g, c_in // g, positions))
+        cols = cols.reshape(batch, c_out * k_numel, positions)
+        uncropped = [(s_ - 1) * s + sp_ for s_, s, sp_ in zip(sp, st, span, strict=True)]
+        lo = [int(p) for p in ps]  # type: ignore[call-overload]
+        hi = [u - p - o for u, p, o in zip(uncropped, lo, os, strict=True)]
+        if not any(lo) and not any(hi) and all(k == 1 for k in kernel) and all(s == 1 for s in st):
+            return cols.view(batch, c_out, *os)  # fold with a 1x1 kernel is a reshape
+        crop = tuple((max(a, 0), max(z, 0)) for a, z in zip(lo, hi, strict=True))
+        size = tuple(u - a - z for u, (a, z) in zip(uncropped, crop, strict=True))
+        out = _fold(cols, size, (kernel, dil, crop, st, False))
+        extend = [
+            v for a, z in reversed(list(zip(lo, hi, strict=True))) for v in (max(-a, 0), max(-z, 0))
+        ]
+        return F.pad(out, extend) if any(extend) else out
+
+    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
+        u0, u1 = int(p) + o0, int(p) + o1  # type: ignore[call-overload]
+        first = max(0, -((span[i] - 1 - u0) // st[i]))  # ceil((u0 - span + 1) / s)
+        last = min(size - 1, (u1 - 1) // st[i])
+        if last < first:
+            return min(first, size), 0, 0
+        return first, last - first + 1, u0 - first * st[i]
+
+    out = _chunked(x, pad_, outs, limit, cost, slab, leaf)
+    if b is not None:
+        out = out + b.view(-1, *(1,) * n)
+    return out if batched else out.squeeze(0)

@@ -1,0 +1,44 @@
+"""Shared pytest setup. The reusable helpers (dtype -> tolerance table, seeded
+generators, slow nested-loop references for unfold / fold / unfold_transpose and
+conv / conv_transpose for any N) live in ``reference.py`` so that any test module can
+``from reference import ...``; they are re-exported here for discoverability."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reference import (  # noqa: F401  (re-exported)
+    ALL_DTYPES,
+    COMPLEX_DTYPES,
+    FLOAT_DTYPES,
+    INT_DTYPES,
+    TOL,
+    dtype_id,
+    generator,
+    make_exact,
+    make_tensor,
+    ref_conv,
+    ref_conv_transpose,
+    ref_fold,
+    ref_unfold,
+    ref_unfold_transpose,
+    tol,
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # torch-internal notices that say nothing about nfold
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+    )
+    config.addinivalue_line(
+        "filterwarnings", "ignore:Using padding='same' with even kernel:UserWarning"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    """Every test starts from the same global RNG state (tests also pass explicit
+    generators; this pins anything that falls back on the global one)."""
+    torch.manual_seed(0)

@@ -1,0 +1,444 @@
+"""nfold.check: the verdict logic, the shipped reference ops, the built-in table (and
+that it can fail), and check_model."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import nfold
+from nfold import _reference as R
+from nfold import check
+from nfold.check import MISMATCH, ROUND_OFF, tolerance, verdict
+from reference import ref_conv, ref_conv_transpose, ref_fold, ref_unfold, ref_unfold_transpose
+
+EPS32, EPS64, EPS16 = 2.0**-23, 2.0**-52, 2.0**-10
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+TOL = tolerance(EPS32, 36)  # a 36-term sum: 16 * eps32 * 6 ~ 1.1e-5
+
+# (abs_low, rel_low, abs_high, rel_high, tol, expected)
+VERDICT_CASES = {
+    "exact": (0.0, 0.0, 0.0, 0.0, TOL, "exact"),
+    "typical-roundoff": (4e-7, 2e-7, 8e-16, 4e-16, TOL, "round-off"),
+    "roundoff-at-eps-ratio": (1e-6, 5e-7, 1e-6 * 2**-29, 5e-7 * 2**-29, TOL, "round-off"),
+    "roundoff-ratio-spread-100x": (
+        1e-6,
+        5e-7,
+        1e-6 * 2**-29 * 100,
+        5e-7 * 2**-29 * 100,
+        TOL,
+        "round-off",
+    ),
+    "low-exact-high-tiny": (0.0, 0.0, 2e-16, 1e-16, TOL, "round-off"),
+    "low-tiny-high-zero": (3e-8, 1e-8, 0.0, 0.0, TOL, "round-off"),
+    "bug-same-size-both": (0.3, 0.1, 0.3, 0.1, TOL, "MISMATCH"),
+    "small-bug-same-size-both": (2e-6, 1e-6, 2e-6, 1e-6, TOL, "MISMATCH"),
+    "bug-ratio-only-1e-3": (2e-6, 1e-6, 2e-9, 1e-9, TOL, "MISMATCH"),
+    "low-precision-loss-tf32-like": (1e-3, 5e-4, 1e-16, 5e-17, TOL, "MISMATCH"),
+    "low-exact-high-wrong": (0.0, 0.0, 1e-3, 1e-3, TOL, "MISMATCH"),
+    "copy-must-be-exact": (1e-7, 1e-7, 1e-16, 1e-16, tolerance(EPS32, 0), "MISMATCH"),
+    "infinite-shape-mismatch": (math.inf, math.inf, math.inf, math.inf, TOL, "MISMATCH"),
+    "nan": (math.nan, math.nan, 0.0, 0.0, TOL, "MISMATCH"),
+}
+
+
+@pytest.mark.parametrize("case", VERDICT_CASES.values(), ids=VERDICT_CASES.keys())
+def test_verdict_on_synthetic_errors(case: tuple) -> None:
+    *errors, tol, expected = case
+    assert verdict(*errors, tol, eps_low=EPS32, eps_high=EPS64) == expected
+
+
+def test_verdict_ratio_threshold_is_1e_minus_6() -> None:
+    # f32 error within its bound; the f64 error is above its own bound, so the ratio decides.
+    abs_low, rel_low = 1e-6, 5e-7
+    rel_high_over_bound = TOL * EPS64 / EPS32 * 10
+    just_in = verdict(abs_low, rel_low, 0.9e-6 * abs_low, rel_high_over_bound, TOL)
+    just_out = verdict(abs_low, rel_low, 1.1e-6 * abs_low, rel_high_over_bound, TOL)
+    assert (just_in, just_out) == (ROUND_OFF, MISMATCH)
+
+
+def test_verdict_low_precision_bound() -> None:
+    assert verdict(1.0, 0.99 * TOL, 0.0, 0.0, TOL) == ROUND_OFF
+    assert verdict(1.0, 1.01 * TOL, 0.0, 0.0, TOL) == MISMATCH
+
+
+def test_verdict_float16_eps_scales_the_float64_bound() -> None:
+    tol16 = tolerance(EPS16, 9)
+    # f16 agrees exactly; f64 error at f64 round-off level: fine with eps16, not a bug
+    assert verdict(0.0, 0.0, 1e-16, 1e-16, tol16, eps_low=EPS16) == ROUND_OFF
+    assert verdict(1e-3, 1e-3, 1e-3, 1e-3, tol16, eps_low=EPS16) == MISMATCH
+
+
+def test_tolerance() -> None:
+    assert tolerance(EPS32, 0) == 0.0
+    assert tolerance(EPS32, 100) == pytest.approx(16 * EPS32 * 10)
+    assert tolerance(EPS32, 1, noise_low=1e-3) == pytest.approx(16e-3)  # reference's own noise
+
+
+def test_errors_shape_mismatch_and_nan() -> None:
+    b = torch.tensor([1.0, -4.0, float("nan")])
+    assert check._errors(torch.tensor([1.0, -4.0, float("nan")]), b) == (0.0, 0.0)
+    assert check._errors(torch.tensor([1.0, -3.0, float("nan")]), b) == (1.0, 0.25)
+    assert check._errors(torch.tensor([1.0, -4.0, 0.0]), b) == (math.inf, math.inf)
+    assert check._errors(torch.zeros(2), b) == (math.inf, math.inf)
+    assert check._errors(None, b) == (math.inf, math.inf)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_reference_pad_matches_torch(n: int, mode: str) -> None:
+    x = _rand(2, 2, *range(4, 4 + n))
+    pads = tuple((i % 3, (i + 2) % 3) for i in range(n))
+    flat = [v for pair in reversed(pads) for v in pair]
+    torch.testing.assert_close(R.pad(x, pads, mode), F.pad(x, flat, mode=mode), rtol=0, atol=0)
+
+
+CONV_CASES = {
+    "plain": dict(),
+    "s2-d2-p1-g2": dict(stride=2, dilation=2, padding=1, groups=2),
+    "same-even": dict(padding="same", dilation=2),
+    "valid": dict(padding="valid"),
+    "pairs": dict(padding="pairs"),
+    "reflect": dict(padding=1, padding_mode="reflect"),
+    "circular-s2": dict(padding=2, stride=2, padding_mode="circular"),
+}
+
+
+def _torch_conv(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, n: int, kw: dict
+) -> torch.Tensor:
+    kw = dict(kw)
+    mode = kw.pop("padding_mode", "zeros")
+    padding = kw.pop("padding", 0)
+    conv = getattr(F, f"conv{n}d")
+    if mode == "zeros" and not isinstance(padding, tuple):
+        return conv(x, w, b, padding=padding, **kw)
+    pads = R.pairs(padding, w.shape[2:], (kw.get("dilation", 1),) * n)
+    flat = [v for pair in reversed(pads) for v in pair]
+    return conv(F.pad(x, flat, mode="constant" if mode == "zeros" else mode), w, b, **kw)
+
+
+@pytest.mark.parametrize("name", CONV_CASES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_reference_conv_matches_torch(n: int, name: str) -> None:
+    kw = dict(CONV_CASES[name])
+    if kw.get("padding") == "pairs":
+        kw["padding"] = tuple((i % 2, 1 + i % 2) for i in range(n))
+    groups = kw.get("groups", 1)
+    x, w, b = (
+        _rand(2, 4, *(6,) * n),
+        _rand(6, 4 // groups, *(2, 3, 2)[:n], seed=1),
+        _rand(6, seed=2),
+    )
+    torch.testing.assert_close(R.conv(x, w, b, **kw), _torch_conv(x, w, b, n, kw))
+
+
+TRANSPOSE_CASES = {
+    "plain": dict(),
+    "s2-p1-op1-g2": dict(stride=2, padding=1, output_padding=1, groups=2),
+    "s3-d2-op2": dict(stride=3, dilation=2, output_padding=2),
+}
+
+
+@pytest.mark.parametrize("name", TRANSPOSE_CASES)
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_reference_conv_transpose_and_unfold_transpose_match_torch(n: int, name: str) -> None:
+    kw = TRANSPOSE_CASES[name]
+    groups = kw.get("groups", 1)
+    x, w, b = (
+        _rand(2, 4, *(4,) * n),
+        _rand(4, 6 // groups, *(3, 2, 3)[:n], seed=1),
+        _rand(6, seed=2),
+    )
+    expected = getattr(F, f"conv_transpose{n}d")(x, w, b, **kw)
+    torch.testing.assert_close(R.conv_transpose(x, w, b, **kw), expected)
+    if groups == 1:
+        geometry = {k: v for k, v in kw.items() if k != "groups"}
+        cols = R.unfold_transpose(x, w.shape[2:], **geometry)
+        out = (w.transpose(0, 1).flatten(1) @ cols).reshape(expected.shape) + b.view(-1, *(1,) * n)
+        torch.testing.assert_close(out, expected)
+
+
+def test_reference_conv_transpose_output_size() -> None:
+    x, w = _rand(1, 2, 4, 4), _rand(2, 3, 3, 3, seed=1)
+    out = R.conv_transpose(x, w, stride=2, padding=1, output_size=(8, 8))
+    torch.testing.assert_close(out, F.conv_transpose2d(x, w, stride=2, padding=1, output_padding=1))
+
+
+def test_reference_unfold_and_fold_match_torch() -> None:
+    x = _rand(2, 3, 7, 8)
+    geo = dict(kernel_size=(2, 3), dilation=(1, 2), padding=(1, 0), stride=(2, 1))
+    cols = R.unfold(x, **geo)
+    torch.testing.assert_close(cols, F.unfold(x, **geo), rtol=0, atol=0)
+    y = _rand(*cols.shape, seed=1)
+    torch.testing.assert_close(R.fold(y, (7, 8), **geo), F.fold(y, (7, 8), **geo))
+
+
+def test_reference_conv4d_is_a_sum_of_conv3d() -> None:
+    # torch has no conv4d: slice the first kernel dim into conv3d calls
+    x, w, b = _rand(2, 4, 5, 4, 5, 4), _rand(6, 2, 2, 3, 2, 2, seed=1), _rand(6, seed=2)
+    s, d = (1, 2, 1, 1), (2, 1, 1, 1)
+    out = R.conv(x, w, b, stride=s, dilation=d, groups=2)
+    length = (5 - d[0] * (2 - 1) - 1) // s[0] + 1
+    expected = torch.stack(
+        [
+            sum(
+                F.conv3d(x[:, :, t + j * d[0]], w[:, :, j], stride=s[1:], dilation=d[1:], groups=2)
+                for j in range(2)
+            )
+            for t in range(length)
+        ],
+        dim=2,
+    ) + b.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(out, expected)
+
+
+def test_reference_4d_agrees_with_the_test_suites_loop_references() -> None:
+    x, w = _rand(1, 2, 4, 3, 4, 3), _rand(4, 1, 2, 1, 3, 2, seed=1)
+    kw = dict(stride=(1, 2, 1, 1), padding=(1, 0, 2, 1), dilation=(1, 1, 1, 2), groups=2)
+    torch.testing.assert_close(R.conv(x, w, **kw), ref_conv(x, w, **kw))
+    cols = R.unfold(x, (2, 1, 3, 2), dilation=(1, 1, 1, 2), padding=1, stride=(2, 1, 1, 2))
+    torch.testing.assert_close(cols, ref_unfold(x, (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)))
+    torch.testing.assert_close(
+        R.fold(cols, (4, 3, 4, 3), (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)),
+        ref_fold(cols, (4, 3, 4, 3), (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)),
+    )
+    wt = _rand(2, 3, 2, 1, 2, 2, seed=3)
+    kwt = dict(
+        stride=(2, 1, 1, 2),
+        padding=(1, 0, 0, 1),
+        output_padding=(1, 0, 0, 0),
+        dilation=(1, 1, 2, 1),
+    )
+    torch.testing.assert_close(R.conv_transpose(x, wt, **kwt), ref_conv_transpose(x, wt, **kwt))
+    torch.testing.assert_close(
+        R.unfold_transpose(x, (2, 1, 2, 2), **kwt), ref_unfold_transpose(x, (2, 1, 2, 2), **kwt)
+    )
+
+
+def test_reference_conv_transpose_is_the_adjoint_of_conv_for_n4() -> None:
+    # <conv(x, W), z> == <x, conv_transpose(z, W)>: the same weight tensor serves both
+    x, w = _rand(1, 3, 5, 4, 4, 5), _rand(2, 3, 2, 3, 1, 2, seed=1)
+    kw = dict(stride=(2, 1, 1, 2), padding=(1, 0, 0, 1), dilation=(1, 1, 1, 2))
+    y = R.conv(x, w, **kw)
+    z = _rand(*y.shape, seed=2)
+    xt = R.conv_transpose(z, w, output_size=x.shape[2:], **kw)
+    torch.testing.assert_close((y * z).sum(), (x * xt).sum())
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_settings_cover_every_op_n_and_padding_form() -> None:
+    s = check.SETTINGS
+    assert {(x.op, x.n) for x in s} == set(itertools.product(check.OPS, (1, 2, 3, 4)))
+    conv = [x for x in s if x.op == "conv"]
+    for n in (1, 2, 3, 4):
+        modes = {x.kwargs.get("padding_mode", "zeros") for x in conv if x.n == n}
+        assert modes == {"zeros", "reflect", "replicate", "circular"}, n
+        paddings = [x.kwargs.get("padding", 0) for x in conv if x.n == n]
+        assert "same" in paddings and "valid" in paddings
+        assert any(check._is_pairs(p) for p in paddings)
+        assert any(
+            x.shapes[1][1] == 1 and x.kwargs.get("groups", 1) > 1 for x in conv if x.n == n
+        )  # depthwise
+    assert any(x.kwargs.get("reduction") == "mean" for x in s if x.op == "fold")
+    assert any("output_size" in x.kwargs for x in s if x.op == "conv_transpose")
+    assert len({x.id for x in s}) == len(s)
+
+
+def _expected_reference(x: check.Setting) -> str:
+    if x.op in ("conv", "conv_transpose") and x.n <= 3:
+        return f"F.{x.op}{x.n}d"
+    if x.op == "unfold" and x.n == 2:
+        return "F.unfold"
+    if x.op == "fold" and x.n == 2 and not check._is_pairs(x.kwargs.get("padding", 0)):
+        return "F.fold"
+    return "naive"
+
+
+def test_torch_is_the_reference_where_it_has_the_op() -> None:
+    got = {x.id: check._reference(x)[1] for x in check.SETTINGS}
+    assert got == {x.id: _expected_reference(x) for x in check.SETTINGS}
+
+
+def _failed(report: check.Report) -> set[tuple[str, str]]:
+    return {(r.setting, r.quantity) for r in report.rows if r.failed}
+
+
+def test_data_movement_is_exact() -> None:
+    # the whole table runs in test_cli (in-process and as `python -m nfold check`)
+    moves = [s for s in check.SETTINGS if s.op in ("unfold", "fold", "unfold_transpose")]
+    report = check.check_builtin(settings=moves)
+    bad = [f"{r.setting} {r.quantity} {r.verdict} {r.note}" for r in report.rows if r.failed]
+    assert not bad, bad
+    copies = [r for r in report.rows if r.reduction_length == 0]
+    assert len(copies) == len(moves) and all(r.verdict == "exact" for r in copies)
+
+
+def test_reduced_precision_inside_nfold_is_a_mismatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 in, bfloat16 arithmetic: the float64 run is untouched, so only the
+    # low-precision bound can catch this (the ratio test alone would not).
+    real = nfold.conv
+
+    def bf16_conv(x, w, b=None, **kw):  # type: ignore[no-untyped-def]
+        if x.dtype != torch.float32:
+            return real(x, w, b, **kw)
+        return real(x.bfloat16(), w.bfloat16(), None if b is None else b.bfloat16(), **kw).float()
+
+    monkeypatch.setattr(nfold, "conv", bf16_conv)
+    report = check.check_builtin(only="conv2d-k3x3-p1-reflect")
+    assert {r.quantity for r in report.rows if r.verdict == MISMATCH} >= {
+        "forward",
+        "grad_input",
+        "grad_weight",
+    }
+
+
+# ----------------------------------------------------------------------------- check_model
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2, padding_mode="reflect"),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1),
+        nn.Conv2d(4, 2, 1, bias=False),
+    )
+
+
+def _x() -> torch.Tensor:
+    return torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+def test_check_model_all_layers_agree() -> None:
+    net = _net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = nfold.check_model(net, _x())
+    assert report.ok and report.first_mismatch is None, report.format()
+    assert {r.verdict for r in report.rows} <= {"exact", "round-off"}
+    assert {r.setting for r in report.rows} == {"0", "2", "5", "6", "(model)"}
+    assert {r.quantity for r in report.rows if r.setting == "6"} == {
+        "output",
+        "grad_input",
+        "grad_weight",
+    }
+    # the user's model is untouched: same classes, weights, no gradients
+    assert type(net[0]) is nn.Conv2d and all(p.grad is None for p in net.parameters())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def _tamper_convert(monkeypatch: pytest.MonkeyPatch, tamper) -> None:  # type: ignore[no-untyped-def]
+    real = nfold.convert
+
+    def convert(model, inplace=False):  # type: ignore[no-untyped-def]
+        twin = real(model, inplace=inplace)
+        tamper(twin)
+        return twin
+
+    monkeypatch.setattr(nfold, "convert", convert)
+
+
+def test_check_model_names_the_layer_with_a_wrong_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tamper(twin: nn.Module) -> None:
+        with torch.no_grad():
+            twin[2].weight[0, 0, 0, 0] += 1e-3
+
+    _tamper_convert(monkeypatch, tamper)
+    report = nfold.check_model(_net(), _x())
+    assert not report.ok
+    assert report.first_mismatch == "2 (output)"
+    rows = {(r.setting, r.quantity): r.verdict for r in report.rows}
+    assert rows["0", "output"] != MISMATCH and rows["2", "output"] == MISMATCH
+    assert "first layer that disagrees: 2 (output)" in report.format()
+
+
+class _ScaleGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return grad * 1.01
+
+
+def test_check_model_names_the_layer_with_a_wrong_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tamper(twin: nn.Module) -> None:
+        forward = twin[5].forward
+        twin[5].forward = lambda x, output_size=None: forward(_ScaleGrad.apply(x), output_size)
+
+    _tamper_convert(monkeypatch, tamper)
+    report = nfold.check_model(_net(), _x())
+    assert report.first_mismatch == "5 (gradients)"
+    verdicts = {(r.setting, r.quantity): r.verdict for r in report.rows}
+    assert all(verdicts[name, "output"] != MISMATCH for name in ("0", "2", "5", "6"))
+    assert verdicts["5", "grad_input"] == MISMATCH and verdicts["6", "grad_input"] != MISMATCH
+
+
+def test_check_model_layer_called_twice_and_conv1d_conv3d() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv1d(2, 2, 3, padding=1)
+            self.b = nn.Conv3d(1, 1, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(self.a(x))
+            return self.b(y.reshape(1, 1, 2, 2, -1))
+
+    report = nfold.check_model(Net(), torch.randn(1, 2, 6))
+    assert report.ok, report.format()
+    assert [r.setting for r in report.rows if r.quantity == "output"] == [
+        "a",
+        "a#2",
+        "b",
+        "(model)",
+    ]
+
+
+def test_check_model_reports_a_twin_that_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def tamper(twin: nn.Module) -> None:
+        twin[0].forward = lambda x: (_ for _ in ()).throw(RuntimeError("boom"))
+
+    _tamper_convert(monkeypatch, tamper)
+    report = nfold.check_model(_net(), _x())
+    assert not report.ok and report.rows[0].verdict == "ERROR" and "boom" in report.rows[0].note
+
+
+def test_check_model_rejects_a_model_that_fails_on_its_input() -> None:
+    with pytest.raises(check.ModelError, match="torch model failed"):
+        nfold.check_model(_net(), torch.randn(2, 5, 8, 8))
+
+
+def test_report_json_round_trip() -> None:
+    import json
+
+    data = json.loads(nfold.check_model(_net(), _x()).to_json())
+    assert data["ok"] is True and data["thresholds"] == {"ratio": 1e-6, "tol_factor": 16.0}
+    assert {"setting", "quantity", "abs_low", "rel_high", "verdict"} <= set(data["rows"][0])
