@@ -126,6 +126,9 @@ def ref_unfold(x, kernel, dilation, pads, stride, mode="zeros"):
     return out.reshape(x.shape[0], x.shape[1] * math.prod(kernel), math.prod(blocks))
 
 
+UNSIGNED_NO_ADD = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
+
+
 def ref_fold(y, spatial, kernel, dilation, pads, stride):
     """Adjoint of ref_unfold (zero padding): scatter-add each kernel offset's columns."""
     tables, blocks = _unfold_tables(spatial, kernel, dilation, pads, stride, "zeros")
@@ -133,7 +136,10 @@ def ref_fold(y, spatial, kernel, dilation, pads, stride):
     channels = y.shape[1] // math.prod(kernel)
     total = math.prod(spatial)
     cols = y.reshape(batch, channels, math.prod(kernel), math.prod(blocks))
-    out = torch.zeros(batch, channels, total + 1, dtype=y.dtype)  # last column: discard
+    # torch has no add for uint16/32/64: sum those in int64 (same bits modulo 2**bits)
+    acc = torch.int64 if y.dtype in UNSIGNED_NO_ADD else y.dtype
+    cols = cols.to(acc)
+    out = torch.zeros(batch, channels, total + 1, dtype=acc)  # last column: discard
     for r, offset in enumerate(itertools.product(*(range(k) for k in kernel))):
         flat = torch.zeros(blocks, dtype=torch.long)
         valid = torch.ones(blocks, dtype=torch.bool)
@@ -148,7 +154,7 @@ def ref_fold(y, spatial, kernel, dilation, pads, stride):
         idx = torch.where(valid, flat, torch.full_like(flat, total)).reshape(-1)
         keep = idx < total  # within one offset the valid targets are distinct
         out[:, :, idx[keep]] = out[:, :, idx[keep]] + cols[:, :, r][:, :, keep]
-    return out[:, :, :total].reshape(batch, channels, *spatial)
+    return out[:, :, :total].reshape(batch, channels, *spatial).to(y.dtype)
 
 
 def ref_unfold_transpose(x, kernel, stride, padding, output_padding, dilation):
@@ -255,7 +261,8 @@ def ref_conv_transpose(x, w, b, stride, padding, output_padding, dilation, group
 DM_DTYPES = [
     torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64,
     torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
-]  # fmt: skip
+    torch.complex128,
+] + [getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)]  # fmt: skip
 MODES = ["zeros", "reflect", "replicate", "circular"]
 BUDGET = 6000  # max elements of the largest tensor a case builds (2 shared cores)
 
@@ -264,8 +271,8 @@ def small_ints(rng: torch.Generator, shape, dtype) -> torch.Tensor:
     """Integer-valued data (so that every sum is exact in any order), any dtype."""
     if dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=rng).bool()
-    if dtype == torch.uint8:
-        return torch.randint(0, 7, shape, generator=rng).to(dtype)
+    if not dtype.is_signed and not dtype.is_floating_point and not dtype.is_complex:
+        return torch.randint(0, 7, shape, generator=rng).to(dtype)  # unsigned ints
     v = torch.randint(-3, 4, shape, generator=rng)
     if dtype.is_complex:
         return torch.complex(v.double(), torch.randint(-3, 4, shape, generator=rng).double()).to(
@@ -477,7 +484,7 @@ def case_unfold(rnd, gen, n, counts):
         if tw is not None:
             same(got if not unbatched else got.unsqueeze(0), tw, "unfold vs F.unfold")
             counts["unfold~F.unfold"] += 1
-    if dtype == torch.float64 and batch > 0:
+    if dtype.is_floating_point and batch > 0:  # integer data: exact in any float dtype
         xg = x.clone().requires_grad_()
         g = small_ints(gen, want.shape, dtype)
         (gx,) = _grads(nfold.unfold(xg, **{**args, "kernel_size": tuple(kernel)}), [xg], g)
@@ -547,7 +554,7 @@ def case_fold(rnd, gen, n, counts):
         if tw is not None and dtype != torch.bool:
             same(got if not unbatched else got.unsqueeze(0), tw, "fold vs F.fold")
             counts["fold~F.fold"] += 1
-    if dtype == torch.float64 and reduction == "sum":
+    if dtype.is_floating_point and reduction == "sum":
         yg = y.clone().requires_grad_()
         g = small_ints(gen, (batch, channels, *spatial), dtype)
         kw = {**args, "output_size": tuple(spatial)}
@@ -598,7 +605,7 @@ def case_unfold_transpose(rnd, gen, n, counts):
     want = ref_unfold_transpose(x, kernel, stride, padding, out_pad, dilation)
     same(got, want[0] if unbatched else want, "unfold_transpose vs reference")
     counts["unfold_transpose"] += 1
-    if dtype == torch.float64:
+    if dtype.is_floating_point:
         xg = x.clone().requires_grad_()
         g = small_ints(gen, want.shape, dtype)
         kw = {**args, "kernel_size": tuple(kernel)}
@@ -801,7 +808,9 @@ class Report:
         return not self.mismatches
 
 
-def run_case(seed: int, index: int, ops: list[str], report: Report, verbose: bool = False) -> None:
+def run_case(
+    seed: int, index: int, ops: list[str], report: Report, verbose: bool = False
+) -> tuple[str, int, dict | None]:
     case_seed = seed * 1_000_003 + index
     rnd = random.Random(case_seed)
     gen = torch.Generator().manual_seed(case_seed)
@@ -815,7 +824,7 @@ def run_case(seed: int, index: int, ops: list[str], report: Report, verbose: boo
                 break
         else:
             report.skipped += 1
-            return
+            return op, n, None
     except Mismatch as e:
         report.mismatches.append((index, op, n, str(e)))
     except Exception as e:  # noqa: BLE001 - a crash on a valid case is a finding too
@@ -825,6 +834,7 @@ def run_case(seed: int, index: int, ops: list[str], report: Report, verbose: boo
     report.per_op[op] += 1
     if verbose and desc is not None:
         print(index, op, n, desc)
+    return op, n, desc
 
 
 def fuzz(cases: int, seed: int = 0, ops: list[str] | None = None, start: int = 0,
@@ -864,13 +874,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", type=int, default=None, help="run this one case index")
     p.add_argument("--ops", default="", help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--budget", type=int, default=BUDGET,
+                   help="max elements of the largest tensor of a case (default %(default)s)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
+    globals()["BUDGET"] = a.budget
     torch.set_num_threads(1)
     ops = [o for o in a.ops.split(",") if o] or None
     start, cases = (a.case, 1) if a.case is not None else (a.start, a.cases)
     t0 = time.monotonic()
     report = fuzz(cases, a.seed, ops, start, a.verbose or a.case is not None, a.time_limit)
+    print(f"budget {BUDGET} elements per tensor, torch {torch.__version__}")
     print(format_report(report, time.monotonic() - t0, a.seed))
     return 0 if report.ok else 1
 

@@ -89,14 +89,14 @@ def test_dropped_bias_fails_exactly_forward_and_grad_bias(
 ) -> None:
     real = nfold.conv
     monkeypatch.setattr(nfold, "conv", lambda x, w, b=None, **kw: real(x, w, None, **kw))
-    code, out, _ = _run(capsys, "check", "--only", "conv")
+    code, out, _ = _run(capsys, "check", "--only", "conv2d")  # conv_transpose2d: not matched
     expected = {
         (s.id, q)
-        for s in _settings(lambda s: s.op == "conv" and len(s.shapes) == 3)
+        for s in _settings(lambda s: s.op == "conv" and s.n == 2 and len(s.shapes) == 3)
         for q in ("forward", "grad_bias")
     }
-    assert code == 1
-    assert _mismatch_rows(out) == expected  # conv_transpose rows (also run) unaffected
+    assert code == 1 and len(expected) == 2 * 10
+    assert _mismatch_rows(out) == expected  # grad_input, grad_weight and the nobias rows pass
 
 
 def test_missing_stride_fails_exactly_the_strided_unfold_rows(

@@ -232,11 +232,10 @@ def prod(values: Sequence[int]) -> int:
     return math.prod(values)
 
 
-
 _INT64_MAX = 2**63 - 1
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _memory_bytes(device: torch.device) -> int | None:
     """Bytes of memory ``device`` has (None: unknown, or meta, which allocates nothing)."""
     if device.type == "cpu":
@@ -318,7 +317,9 @@ def check_unfold_transpose_alloc(
     dilated = tuple((s - 1) * st + 1 for s, st in zip(spatial, stride, strict=True))
     padded = tuple(
         (s - 1) * st + 1 + max(0, 2 * (d * (k - 1) - p) + op)
-        for s, st, k, p, op, d in zip(spatial, stride, kernel, padding, output_padding, dilation)
+        for s, st, k, p, op, d in zip(
+            spatial, stride, kernel, padding, output_padding, dilation, strict=True
+        )
     )
     check_alloc(x, "unfold_transpose", args, zero_inserted_input=(b, c, *dilated),
                 padded_input=(b, c, *padded), output=(b, c * prod(kernel), prod(out)))  # fmt: skip

@@ -772,13 +772,19 @@ def check_builtin(
 ) -> Report:
     """Run the built-in settings (or ``settings``; ``only``: keep ids containing that
     substring) through nfold and torch / the naive reference, forward and every gradient,
-    in ``dtype`` and float64, and return the :class:`Report`."""
+    in ``dtype`` and float64, and return the :class:`Report`. Runs on one CPU thread
+    (restored afterwards): the shapes are small."""
     start = time.perf_counter()
     device = torch.device(device)
     chosen = [
         s for s in (SETTINGS if settings is None else settings) if only is None or only in s.id
     ]
-    rows = [row for s in chosen for row in run_setting(s, dtype, device, seed)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: threads only add overhead (15x on a busy machine)
+    try:
+        rows = [row for s in chosen for row in run_setting(s, dtype, device, seed)]
+    finally:
+        torch.set_num_threads(threads)
     low = str(dtype).removeprefix("torch.")
     title = (
         f"nfold check: {len(chosen)} settings, {low} vs float64, device {device}, seed {seed} "
@@ -833,6 +839,19 @@ class _Run:
     params: dict[str, torch.Tensor | None] = field(default_factory=dict)  # "name.weight" -> grad
     model_outputs: list[torch.Tensor] = field(default_factory=list)
     input_grads: list[torch.Tensor | None] = field(default_factory=list)
+
+    def quantities(self, key: str | None) -> dict[str, torch.Tensor | None]:
+        """Compared quantities of one layer call (``key``) or of the whole model (None)."""
+        if key is None:
+            outs = {f"output[{i}]": t for i, t in enumerate(self.model_outputs)}
+            grads = {f"grad_input[{i}]": g for i, g in enumerate(self.input_grads)}
+            return {k.removesuffix("[0]"): v for k, v in {**outs, **grads}.items()}
+        out = {"output": self.outputs.get(key), "grad_input": self.grad_inputs.get(key)}
+        if "#" not in key:  # parameter gradients sum over calls: reported with the first
+            for pname in ("weight", "bias"):
+                if f"{key}.{pname}" in self.params:
+                    out[f"grad_{pname}"] = self.params[f"{key}.{pname}"]
+        return out
 
 
 def _run_model(
@@ -907,12 +926,11 @@ def _run_model(
     pairs = [
         (t, g.to(t.dtype)) for t, g in zip(outs, grad_outputs, strict=False) if t.shape == g.shape
     ]
+    grads: Sequence[torch.Tensor | None] = (None,) * (len(leaves) + len(params))
     if pairs and len(outs) == len(grad_outputs):
         grads = torch.autograd.grad(
             [t for t, _ in pairs], [*leaves, *params], [g for _, g in pairs], allow_unused=True
         )
-    else:
-        grads = (None,) * (len(leaves) + len(params))
     run.input_grads = list(grads[: len(leaves)])
     run.params = dict(zip(param_names, grads[len(leaves) :], strict=True))
     return run
@@ -930,20 +948,23 @@ def _model_inputs(example_input: Any, dtype: torch.dtype, device: torch.device) 
     return out
 
 
-def _layer_lengths(module: nn.Module, shapes: tuple[torch.Size, torch.Size]) -> dict[str, int]:
+def _layer_lengths(
+    module: nn.Module, shapes: tuple[torch.Size, torch.Size] | None
+) -> dict[str, int]:
+    """Reduction length of each quantity of a conv layer (an upper bound)."""
+    if shapes is None:
+        return {}
     k = math.prod(getattr(module, "kernel_size", (1,)))
     groups = getattr(module, "groups", 1)
     c_in, c_out = getattr(module, "in_channels", 1), getattr(module, "out_channels", 1)
-    (x_shape, y_shape) = shapes
+    x_shape, y_shape = shapes
     n = len(getattr(module, "kernel_size", ())) or max(len(y_shape) - 2, 1)
     batch = y_shape[0] if len(y_shape) == n + 2 else 1
     positions = max(math.prod(x_shape[-n:]), math.prod(y_shape[-n:]))
+    reread = 3**n if getattr(module, "padding_mode", "zeros") != "zeros" else 1
     return {
         "output": c_in // groups * k + 1,
-        "grad_input": c_out
-        // groups
-        * k
-        * (3**n if getattr(module, "padding_mode", "zeros") != "zeros" else 1),
+        "grad_input": c_out // groups * k * reread,
         "grad_weight": batch * positions,
         "grad_bias": batch * positions,
     }
@@ -980,7 +1001,8 @@ def check_model(
     Returns:
         A :class:`Report`; ``report.ok`` is False on any MISMATCH.
 
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.ReLU(), torch.nn.Conv2d(3, 1, 1))
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Conv2d(3, 1, 1))
     >>> check_model(net, torch.randn(1, 2, 6, 6)).ok
     True
     """
@@ -1023,92 +1045,38 @@ def check_model(
         except Exception as exc:
             row = Row("(model)", "forward", type(model).__name__, verdict=ERROR)
             row.note = f"nfold.convert(model) raised {type(exc).__name__}: {exc}"
-            title = f"nfold check --model: {type(model).__name__} against nfold.convert(model) ({_versions()})"
+            title = f"nfold check --model: {type(model).__name__} ({_versions()})"
             report = Report([row], title, low, str(device), seed, time.perf_counter() - start)
             report.first_mismatch = "(model): the nfold twin raised"
             return report
     eps_low = _eps(dtype)
     modules = dict(model.named_modules())
+    torch_runs, nfold_runs = (
+        (runs["torch", dtype], runs["torch", _HIGH]),
+        (runs["nfold", dtype], runs["nfold", _HIGH]),
+    )
+    order = torch_runs[0].order
     rows: list[Row] = []
-    ref_low, ref_high = runs["torch", dtype], runs["torch", _HIGH]
-    nf_low, nf_high = runs["nfold", dtype], runs["nfold", _HIGH]
-    for key in ref_low.order:
-        name = key.split("#")[0]
-        module = modules[name]
-        lengths = _layer_lengths(module, ref_low.shapes.get(key, (torch.Size(), torch.Size())))
-        kind = type(module).__name__
-        items: list[tuple[str, Any, Any, Any, Any]] = [
-            (
-                "output",
-                nf_low.outputs.get(key),
-                nf_high.outputs.get(key),
-                ref_low.outputs.get(key),
-                ref_high.outputs.get(key),
-            ),
-            (
-                "grad_input",
-                nf_low.grad_inputs.get(key),
-                nf_high.grad_inputs.get(key),
-                ref_low.grad_inputs.get(key),
-                ref_high.grad_inputs.get(key),
-            ),
-        ]
-        if key == name:  # parameter gradients accumulate over calls: report them once
-            for pname in ("weight", "bias"):
-                p = f"{name}.{pname}"
-                if p in ref_low.params:
-                    items.append(
-                        (
-                            f"grad_{pname}",
-                            nf_low.params.get(p),
-                            nf_high.params.get(p),
-                            ref_low.params[p],
-                            ref_high.params.get(p),
-                        )
-                    )
-        for quantity, a_lo, a_hi, b_lo, b_hi in items:
-            if b_lo is None or b_hi is None:
-                continue  # the torch model has no such quantity (input without grad)
-            row = Row(key, quantity, kind, reduction_length=lengths[quantity])
-            rows.append(_compare(row, (a_lo, a_hi), (b_lo, b_hi), eps_low))
-            if a_lo is None or a_hi is None:
+    for key in [*order, None]:  # None: the whole model
+        module = model if key is None else modules[key.split("#")[0]]
+        lengths = _layer_lengths(module, torch_runs[0].shapes.get(key)) if key else {}
+        for quantity, ref_low in torch_runs[0].quantities(key).items():
+            ref_high = torch_runs[1].quantities(key).get(quantity)
+            if ref_low is None or ref_high is None:
+                continue  # the torch model has no such quantity (an input without grad)
+            row = Row(key or "(model)", quantity, type(module).__name__)
+            row.reduction_length = lengths.get(quantity.removesuffix("[0]"), 1)
+            nf = tuple(r.quantities(key).get(quantity) for r in nfold_runs)
+            rows.append(_compare(row, nf, (ref_low, ref_high), eps_low))  # type: ignore[arg-type]
+            if None in nf:
                 row.verdict, row.note = MISMATCH, "missing in the nfold twin"
-    model_items = [
-        (
-            "output",
-            i,
-            nf_low.model_outputs,
-            nf_high.model_outputs,
-            ref_low.model_outputs,
-            ref_high.model_outputs,
-        )
-        for i in range(len(ref_low.model_outputs))
-    ]
-    model_items += [
-        (
-            "grad_input",
-            i,
-            nf_low.input_grads,
-            nf_high.input_grads,
-            ref_low.input_grads,
-            ref_high.input_grads,
-        )
-        for i in range(len(ref_low.input_grads))
-    ]
-    for quantity, i, a_lo, a_hi, b_lo, b_hi in model_items:
-        if b_lo[i] is None or b_hi[i] is None:
-            continue
-        suffix = f"[{i}]" if i else ""
-        row = Row("(model)", quantity + suffix, type(model).__name__, reduction_length=1)
-        a = (a_lo[i] if i < len(a_lo) else None, a_hi[i] if i < len(a_hi) else None)
-        rows.append(_compare(row, a, (b_lo[i], b_hi[i]), eps_low))
     title = (
         f"nfold check --model: {type(model).__name__} against nfold.convert(model), "
-        f"{len(ref_low.order)} conv layer calls, {low} vs float64, device {device}, seed {seed} "
+        f"{len(order)} conv layer calls, {low} vs float64, device {device}, seed {seed} "
         f"({_versions()})"
     )
     report = Report(rows, title, low, str(device), seed, time.perf_counter() - start)
-    report.first_mismatch = _culprit(rows, ref_low.order)
+    report.first_mismatch = _culprit(rows, order)
     return report
 
 

@@ -106,8 +106,10 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
     plans = [
-        _phase_plan(*dim, flip)
-        for dim in zip(spatial, kernel, dilation, (lo for lo, _ in pads), stride, blocks, strict=True)
+        _phase_plan(size, k, d, lo, s, nb, flip)
+        for size, k, d, (lo, _), s, nb in zip(
+            spatial, kernel, dilation, pads, stride, blocks, strict=True
+        )
     ]
     strided = any(s > 1 for s in stride)
     for phase in itertools.product(*(sorted(plan.items()) for plan in plans)):
