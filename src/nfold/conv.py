@@ -43,6 +43,11 @@ def _check_operands(
     x = _args.check_tensor(input, "input")
     w = _args.check_tensor(weight, "weight")
     b = None if bias is None else _args.check_tensor(bias, "bias")
+    device = x.device.type
+    if torch.is_autocast_enabled(device):  # cast as autocast does for torch's conv
+        low = torch.get_autocast_dtype(device)
+        x, w = _autocast(x, low), _autocast(w, low)
+        b = None if b is None else _autocast(b, low)
     for name, t in (("input", x), ("weight", w), ("bias", b)):
         if t is not None and not (t.is_floating_point() or t.is_complex()):
             raise TypeError(
@@ -71,6 +76,10 @@ def _check_operands(
     _args.ntuple(tuple(w.shape[2:]), n, "weight.shape[2:] (kernel_size)")
     x, n, batched = _args.spatial_input(x, {**sizes, "weight.shape[2:]": tuple(w.shape[2:])})
     return x, w, b, n, batched
+
+
+def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
 def _check_groups(groups: object, c_in: int, c_out: int, in_name: str, out_name: str) -> int:

@@ -30,7 +30,11 @@ def _validate(sizes: Mapping[str, object], min_values: Mapping[str, int]) -> int
 
 
 class Unfold(nn.Module):
-    """Module form of :func:`nfold.unfold`; ``(B, C, *S) -> (B, C * prod(k), L)``."""
+    """Module form of :func:`nfold.unfold`; ``(B, C, *S) -> (B, C * prod(k), L)``.
+
+    >>> Unfold((2, 2, 2), stride=2)(torch.randn(1, 3, 4, 4, 4)).shape
+    torch.Size([1, 24, 8])
+    """
 
     def __init__(
         self,
@@ -60,7 +64,11 @@ class Unfold(nn.Module):
 
 
 class Fold(nn.Module):
-    """Module form of :func:`nfold.fold`; ``(B, C * prod(k), L) -> (B, C, *output_size)``."""
+    """Module form of :func:`nfold.fold`; ``(B, C * prod(k), L) -> (B, C, *output_size)``.
+
+    >>> Fold((4, 4, 4), 2, stride=2)(torch.randn(1, 24, 8)).shape
+    torch.Size([1, 3, 4, 4, 4])
+    """
 
     def __init__(
         self,
@@ -98,7 +106,11 @@ class Fold(nn.Module):
 
 class UnfoldTranspose(nn.Module):
     """Module form of :func:`nfold.unfold_transpose`. ``forward(input, output_size=None)``
-    derives ``output_padding`` from ``output_size`` as ``torch.nn.ConvTransposeNd`` does."""
+    derives ``output_padding`` from ``output_size`` as ``torch.nn.ConvTransposeNd`` does.
+
+    >>> UnfoldTranspose(3, stride=2)(torch.randn(1, 2, 4, 4), output_size=(10, 10)).shape
+    torch.Size([1, 18, 100])
+    """
 
     def __init__(
         self,

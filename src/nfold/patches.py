@@ -25,6 +25,11 @@ Geometry = tuple[tuple[int, ...], tuple[int, ...], Pads, tuple[int, ...], bool]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # torch has no add for these; fold sums them in int64 (the same bits modulo 2^64)
+_REAL = {
+    torch.complex32: torch.float16,
+    torch.complex64: torch.float32,
+    torch.complex128: torch.float64,
+}
 _NO_ADD = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
 _WIDER = {
     torch.float16: torch.float32,
@@ -134,8 +139,8 @@ def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
     return x.reshape(v * b, *x.shape[2:]), v, b
 
 
-class _Unfold(torch.autograd.Function):
-    """im2col on a batched ``(B, C, *S)`` tensor; backward is ``_Fold``."""
+class _UnfoldCore(torch.autograd.Function):
+    """im2col on a batched ``(B, C, *S)`` tensor; backward is fold. Traceable by dynamo."""
 
     @staticmethod
     def forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:  # type: ignore[override]
@@ -149,21 +154,11 @@ class _Unfold(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        return _Fold.apply(grad, ctx.spatial, ctx.geom), None
-
-    @staticmethod
-    def jvp(ctx, tangent, _):  # type: ignore[no-untyped-def]
-        return _Unfold.apply(tangent, ctx.geom)
-
-    @staticmethod
-    def vmap(info, in_dims, x, geom):  # type: ignore[no-untyped-def]
-        flat, v, b = _move_vmap_dim(x, in_dims[0])
-        out = _Unfold.apply(flat, geom)
-        return out.view(v, b, *out.shape[1:]), 0
+        return _fold(grad, ctx.spatial, ctx.geom), None
 
 
-class _Fold(torch.autograd.Function):
-    """col2im onto a batched ``(B, C, *spatial)`` tensor; backward is ``_Unfold``."""
+class _FoldCore(torch.autograd.Function):
+    """col2im onto a batched ``(B, C, *spatial)`` tensor; backward is unfold."""
 
     @staticmethod
     def forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:  # type: ignore[override]
@@ -177,8 +172,24 @@ class _Fold(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        return _Unfold.apply(grad, ctx.geom), None, None
+        return _unfold(grad, ctx.geom), None, None
 
+
+class _Unfold(_UnfoldCore):
+    """Adds forward-mode AD (unfold is linear) and a vmap rule (merge into the batch)."""
+
+    @staticmethod
+    def jvp(ctx, tangent, _):  # type: ignore[no-untyped-def]
+        return _Unfold.apply(tangent, ctx.geom)
+
+    @staticmethod
+    def vmap(info, in_dims, x, geom):  # type: ignore[no-untyped-def]
+        flat, v, b = _move_vmap_dim(x, in_dims[0])
+        out = _Unfold.apply(flat, geom)
+        return out.view(v, b, *out.shape[1:]), 0
+
+
+class _Fold(_FoldCore):
     @staticmethod
     def jvp(ctx, tangent, _spatial, _geom):  # type: ignore[no-untyped-def]
         return _Fold.apply(tangent, ctx.spatial, ctx.geom)
@@ -190,18 +201,17 @@ class _Fold(torch.autograd.Function):
         return out.view(v, b, *out.shape[1:]), 0
 
 
+# Dynamo cannot trace an autograd.Function with a custom jvp or vmap, so torch.compile
+# gets the core Functions: same forward, same backward, so compiled gradients are
+# bitwise equal to eager ones.
 def _unfold(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    # Dynamo cannot trace an autograd.Function with a custom jvp; under torch.compile the
-    # plain ops are traced instead and AOTAutograd derives the same (linear) backward.
-    if torch.compiler.is_compiling():
-        return _unfold_forward(x, geom)
-    return _Unfold.apply(x, geom)
+    fn = _UnfoldCore if torch.compiler.is_compiling() else _Unfold
+    return fn.apply(x, geom)  # type: ignore[no-any-return]
 
 
 def _fold(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
-    if torch.compiler.is_compiling():
-        return _fold_forward(y, spatial, geom)
-    return _Fold.apply(y, spatial, geom)
+    fn = _FoldCore if torch.compiler.is_compiling() else _Fold
+    return fn.apply(y, spatial, geom)  # type: ignore[no-any-return]
 
 
 def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> torch.Tensor:
@@ -317,7 +327,7 @@ def fold(
         ``(B, C, *output_size)`` (or ``(C, *output_size)``).
 
     >>> x = torch.ones(1, 1, 10)
-    >>> fold(unfold(x, 3), 10, 3).flatten().tolist()
+    >>> fold(unfold(x, 3), (10,), (3,)).flatten().tolist()
     [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0]
     """
     y = _args.check_tensor(input)
@@ -365,7 +375,7 @@ def fold(
         # Summing c copies of x is exact in the wider type, so the mean of identical
         # values is x exactly (float64 inputs have no wider type: round-off there).
         acc = _WIDER.get(y.dtype, y.dtype)
-        ones = torch.ones((1, k_numel, y.shape[2]), dtype=acc.to_real(), device=y.device)
+        ones = torch.ones((1, k_numel, y.shape[2]), dtype=_REAL.get(acc, acc), device=y.device)
         counts = _fold_forward(ones, spatial, geom)
         out = (_fold(y.to(acc), spatial, geom) / counts.clamp(min=1)).to(y.dtype)
     return out if batched else out.squeeze(0)
