@@ -115,7 +115,9 @@ def _unfold_tables(spatial, kernel, dilation, pads, stride, mode):
     blocks = _blocks(spatial, kernel, dilation, pads, stride)
     return [
         [[_source_index(b * st + o * d - lo, s, mode) for b in range(nb)] for o in range(k)]
-        for s, k, d, (lo, _), st, nb in zip(spatial, kernel, dilation, pads, stride, blocks)
+        for s, k, d, (lo, _), st, nb in zip(
+            spatial, kernel, dilation, pads, stride, blocks, strict=True
+        )
     ], blocks
 
 
@@ -126,7 +128,9 @@ def ref_unfold(x, kernel, dilation, pads, stride, mode="zeros"):
     return out.reshape(x.shape[0], x.shape[1] * math.prod(kernel), math.prod(blocks))
 
 
-UNSIGNED_NO_ADD = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
+UNSIGNED_NO_ADD = tuple(
+    getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n)
+)
 
 
 def ref_fold(y, spatial, kernel, dilation, pads, stride):
@@ -163,10 +167,14 @@ def ref_unfold_transpose(x, kernel, stride, padding, output_padding, dilation):
     spatial = x.shape[2:]
     out_sizes = [
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
-        for s, k, st, p, op, d in zip(spatial, kernel, stride, padding, output_padding, dilation)
+        for s, k, st, p, op, d in zip(
+            spatial, kernel, stride, padding, output_padding, dilation, strict=True
+        )
     ]
     tables = []
-    for s, k, st, p, d, size in zip(spatial, kernel, stride, padding, dilation, out_sizes):
+    for s, k, st, p, d, size in zip(
+        spatial, kernel, stride, padding, dilation, out_sizes, strict=True
+    ):
         rows = []
         for o in range(k):
             row = []
@@ -183,7 +191,7 @@ def ref_sliding_window_view(x, kernel, dilation, stride):
     blocks = _blocks(x.shape[2:], kernel, dilation, [(0, 0)] * len(kernel), stride)
     tables = [
         [[b * st + o * d for o in range(k)] for b in range(nb)]
-        for k, d, st, nb in zip(kernel, dilation, stride, blocks)
+        for k, d, st, nb in zip(kernel, dilation, stride, blocks, strict=True)
     ]
     return _gather(x, tables)
 
@@ -191,7 +199,7 @@ def ref_sliding_window_view(x, kernel, dilation, stride):
 def ref_pad(x, pads, mode):
     tables = [
         [[_source_index(q, s, mode) for q in range(-lo, s + hi)]]
-        for s, (lo, hi) in zip(x.shape[2:], pads)
+        for s, (lo, hi) in zip(x.shape[2:], pads, strict=True)
     ]
     return _gather(x, tables).reshape(*x.shape[:2], *(len(t[0]) for t in tables))
 
@@ -339,7 +347,8 @@ def gen_unfold_geometry(rnd: random.Random, n: int, mode_choice=True, same_ok=Tr
     if form == "same":
         stride = (1,) * n
         pads = tuple(
-            (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation)
+            (d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2)
+            for k, d in zip(kernel, dilation, strict=True)
         )
     elif form == "valid":
         pads = ((0, 0),) * n
@@ -351,7 +360,7 @@ def gen_unfold_geometry(rnd: random.Random, n: int, mode_choice=True, same_ok=Tr
             p = (p[0],) * n
         pads = tuple((v, v) for v in p)
     spatial = []
-    for k, d, (lo, hi) in zip(kernel, dilation, pads):
+    for k, d, (lo, hi) in zip(kernel, dilation, pads, strict=True):
         span = d * (k - 1) + 1
         least = max(1, span - lo - hi)
         if mode == "reflect":
@@ -424,7 +433,7 @@ def within_bound(got, want, abs_terms, k_terms, what):
 
 
 def check_unchanged(before: list[torch.Tensor], after: list[torch.Tensor], what: str) -> None:
-    for i, (b, a) in enumerate(zip(before, after)):
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
         if not torch.equal(b, a):
             raise Mismatch(f"{what}: input {i} was modified")
 
@@ -436,7 +445,7 @@ def _grads(out, inputs, grad_out):
     if not out.requires_grad:
         raise Mismatch("output does not require grad although its inputs do")
     grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)]
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -568,16 +577,18 @@ def case_fold(rnd, gen, n, counts):
 def gen_transpose_geometry(rnd, n):
     kernel, dilation, stride = _dims(rnd, n)
     padding = tuple(rnd.randint(0, 2) for _ in range(n))
-    out_pad = tuple(rnd.randint(0, max(s, d) - 1) for s, d in zip(stride, dilation))
+    out_pad = tuple(rnd.randint(0, max(s, d) - 1) for s, d in zip(stride, dilation, strict=True))
     spatial = []
-    for k, st, p, op, d in zip(kernel, stride, padding, out_pad, dilation):
+    for k, st, p, op, d in zip(kernel, stride, padding, out_pad, dilation, strict=True):
         size = rnd.randint(1, 4 if n <= 2 else 3)
         while (size - 1) * st - 2 * p + d * (k - 1) + op + 1 < 1:
             size += 1
         spatial.append(size)
     out_sizes = tuple(
         (s - 1) * st - 2 * p + d * (k - 1) + op + 1
-        for s, k, st, p, op, d in zip(spatial, kernel, stride, padding, out_pad, dilation)
+        for s, k, st, p, op, d in zip(
+            spatial, kernel, stride, padding, out_pad, dilation, strict=True
+        )
     )
     return kernel, dilation, stride, padding, out_pad, tuple(spatial), out_sizes
 
@@ -631,7 +642,9 @@ def case_unfold_transpose(rnd, gen, n, counts):
 
 def case_sliding_window_view(rnd, gen, n, counts):
     kernel, dilation, stride = _dims(rnd, n)
-    spatial = tuple(d * (k - 1) + 1 + rnd.randint(0, 3) for k, d in zip(kernel, dilation))
+    spatial = tuple(
+        d * (k - 1) + 1 + rnd.randint(0, 3) for k, d in zip(kernel, dilation, strict=True)
+    )
     batch, channels = rnd.randint(1, 2), rnd.randint(1, 3)
     if batch * channels * math.prod(spatial) * math.prod(kernel) > BUDGET:
         return None
@@ -686,8 +699,8 @@ def case_conv(rnd, gen, n, counts):
     w = normal(gen, (c_out, c_in // groups, *kernel), dtype)
     b = normal(gen, (c_out,), dtype) if rnd.random() < 0.5 else None
     xin = restride(x, rnd.choice(["contig", "strided", "permuted"]))
-    kwargs = dict(stride=_spell(rnd, stride, False), padding=padding_arg,
-                  dilation=_spell(rnd, dilation, False), groups=groups, padding_mode=mode)  # fmt: skip
+    kwargs = dict(stride=_spell(rnd, stride, False), padding=padding_arg, groups=groups,
+                  dilation=_spell(rnd, dilation, False), padding_mode=mode)  # fmt: skip
     if "max_workspace_bytes" in _conv_kwargs_supported(nf_conv) and rnd.random() < 0.3:
         kwargs["max_workspace_bytes"] = rnd.choice([1, 64, 512, 4096])
     desc = dict(x=tuple(x.shape), w=tuple(w.shape), bias=b is not None, dtype=str(dtype), **kwargs)
@@ -716,8 +729,11 @@ def case_conv(rnd, gen, n, counts):
     abs_g = _grads(abs_w, abs_leaves, g.abs()) if want.requires_grad else want_g
     # inner lengths of the three gradient sums (an upper bound is all the bound needs)
     k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(blocks))
-    k_grad *= 3 if mode != "zeros" else 1  # padding gathers add up to 3 paths per element
-    for name, a, r, s in zip(["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g):
+    if mode != "zeros":  # a padded copy of an input element adds its own terms to grad_input
+        k_grad *= math.prod(1 + lo + hi for lo, hi in pads)
+    for name, a, r, s in zip(
+        ["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g, strict=False
+    ):
         within_bound(a, r, s, k_grad, f"conv {name}")
     counts["conv.grad"] += 1
     return desc
@@ -739,7 +755,7 @@ def case_conv_transpose(rnd, gen, n, counts):
     xin = restride(x, rnd.choice(["contig", "strided", "permuted"]))
     kwargs = dict(stride=_spell(rnd, stride, False), padding=_spell(rnd, padding, False),
                   groups=groups, dilation=_spell(rnd, dilation, False))  # fmt: skip
-    if rnd.random() < 0.3 and all(op < st for op, st in zip(out_pad, stride)):
+    if rnd.random() < 0.3 and all(op < st for op, st in zip(out_pad, stride, strict=True)):
         # torch's (and nfold's) output_size reaches [min, min + stride - 1] only
         kwargs["output_size"] = (
             tuple(out_sizes) if rnd.random() < 0.7 else (batch, c_out, *out_sizes)
@@ -774,7 +790,9 @@ def case_conv_transpose(rnd, gen, n, counts):
     )
     abs_g = _grads(abs_w, abs_leaves, g.abs()) if want.requires_grad else want_g
     k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(out_sizes))
-    for name, a, r, s in zip(["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g):
+    for name, a, r, s in zip(
+        ["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g, strict=False
+    ):
         within_bound(a, r, s, k_grad, f"conv_transpose {name}")
     counts["conv_transpose.grad"] += 1
     return desc
@@ -874,8 +892,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--case", type=int, default=None, help="run this one case index")
     p.add_argument("--ops", default="", help="comma-separated subset of " + ",".join(OPS))
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--budget", type=int, default=BUDGET,
-                   help="max elements of the largest tensor of a case (default %(default)s)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=BUDGET,
+        help="max elements of the largest tensor of a case (default %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     globals()["BUDGET"] = a.budget

@@ -7,6 +7,8 @@ must contain)``. The table also runs once in a subprocess whose address space is
 instead of rejecting it would fail there with a RuntimeError even on a large machine.
 """
 
+# ruff: noqa: E501  (one bad call / one setting per line reads as a table)
+
 from __future__ import annotations
 
 import os

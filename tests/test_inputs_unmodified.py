@@ -7,6 +7,8 @@ to return its input (kernel 1, stride 1, no padding: unfold / fold are then resh
 unbatched inputs (squeeze/unsqueeze views), non-contiguous and channels-last inputs.
 """
 
+# ruff: noqa: E501  (one bad call / one setting per line reads as a table)
+
 from __future__ import annotations
 
 import pytest

@@ -323,3 +323,37 @@ def check_unfold_transpose_alloc(
     )
     check_alloc(x, "unfold_transpose", args, zero_inserted_input=(b, c, *dilated),
                 padded_input=(b, c, *padded), output=(b, c * prod(kernel), prod(out)))  # fmt: skip
+
+
+def check_conv_alloc(
+    x: torch.Tensor, c_out: int, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
+    stride: tuple[int, ...], padding_mode: str, chunked: bool,
+) -> None:  # fmt: skip
+    """``conv``'s padded input, unfolded matrix (unless chunked) and output fit."""
+    spatial, (b, c) = tuple(x.shape[2:]), x.shape[:2]
+    outs = output_size(spatial, kernel, dilation, pads, stride)
+    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    shapes = {"output": (b, c_out, *outs)}
+    if padding_mode != "zeros" or not chunked:
+        shapes["padded_input"] = (b, c, *padded)
+    if not chunked:
+        shapes["unfolded_input"] = (b, c * prod(kernel), prod(outs))
+    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
+            "padding": pads, "stride": stride}  # fmt: skip
+    check_alloc(x, "conv", args, **shapes)
+
+
+def check_conv_transpose_alloc(
+    x: torch.Tensor, c_out: int, kernel: tuple[int, ...], stride: tuple[int, ...],
+    padding: tuple[int, ...], output_padding: tuple[int, ...], dilation: tuple[int, ...],
+    chunked: bool,
+) -> None:  # fmt: skip
+    """``conv_transpose``'s column matrix (unless chunked) and output fit."""
+    spatial, b = tuple(x.shape[2:]), x.shape[0]
+    outs = transpose_output_size(spatial, kernel, stride, padding, output_padding, dilation)
+    shapes = {"output": (b, c_out, *outs)}
+    if not chunked:
+        shapes["columns"] = (b, c_out * prod(kernel), prod(spatial))
+    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "stride": stride,
+            "padding": padding, "output_padding": output_padding, "dilation": dilation}  # fmt: skip
+    check_alloc(x, "conv_transpose", args, **shapes)

@@ -44,7 +44,8 @@ def _check_operands(
     w = _args.check_tensor(weight, "weight")
     b = None if bias is None else _args.check_tensor(bias, "bias")
     device = x.device.type
-    if torch.is_autocast_enabled(device):  # cast as autocast does for torch's conv
+    # Cast as autocast does for torch's conv (its lower-precision op list).
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         low = torch.get_autocast_dtype(device)
         x, w = _autocast(x, low), _autocast(w, low)
         b = None if b is None else _autocast(b, low)
@@ -182,6 +183,182 @@ def _chunked(
     return torch.cat([split(x[b : b + step], params, outs, 0) for b in range(0, batch, step)], 0)
 
 
+# --------------------------------------------------------------------------- kernels
+
+# The unfolded matrix is built and consumed in batch tiles of about this size, so that
+# unfold -> GEMM (and, in backward, unfold -> GEMM and GEMM -> fold) run while the tile
+# is still in cache. Tiles split the batch only, so every sample sees the very same GEMMs
+# whatever the tile size: results do not depend on it.
+_TILE_BYTES = 8 * 2**20
+
+# spec = ("conv", geometry, groups) or
+#        ("conv_transpose", fold geometry, fold size, F.pad extension, groups)
+_Spec = tuple
+
+
+def _tiles(batch: int, sample_bytes: int) -> list[tuple[int, int]]:
+    step = max(1, _TILE_BYTES // max(sample_bytes, 1))
+    return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
+
+
+def _pointwise(geom: tuple) -> bool:  # type: ignore[type-arg]
+    """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
+    kernel, _, pads, stride, _ = geom
+    return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(
+        p for pair in pads for p in pair
+    )
+
+
+def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _conv_cols(x: torch.Tensor, geom: tuple, g: int, length: int) -> torch.Tensor:  # type: ignore[type-arg]
+    """``(n, C_in, *S)`` -> ``(n, G, C_in/G * prod(k), L)``."""
+    cols = x if _pointwise(geom) else _unfold(x, geom)
+    return cols.reshape(x.shape[0], g, x.shape[1] // g * _args.prod(geom[0]), length)
+
+
+def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
+    _, geom, g = spec
+    kernel, dil, pads, st, _ = geom
+    outs = _args.output_size(tuple(x.shape[2:]), kernel, dil, pads, st)
+    length, c_out = _args.prod(outs), w.shape[0]
+    w_mat = w.reshape(g, c_out // g, -1)
+    sample = x.shape[1] * _args.prod(kernel) * length * x.element_size()
+    pieces = [
+        torch.matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
+        for i, n in _tiles(x.shape[0], sample)
+    ]
+    return _cat(pieces).reshape(x.shape[0], c_out, *outs)
+
+
+def _conv_backward(
+    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Input and weight gradients, tile by tile; the unfolded input is recomputed rather
+    than saved, so training holds no more than one tile of it."""
+    _, geom, g = spec
+    length, c_out = _args.prod(grad.shape[2:]), w.shape[0]
+    w_mat = w.reshape(g, c_out // g, -1)
+    sample = x.shape[1] * _args.prod(geom[0]) * length * x.element_size()
+    grad_x, grad_w = [], None
+    for i, n in _tiles(x.shape[0], sample):
+        go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
+        if needs[0]:
+            rows = x.shape[1] * _args.prod(geom[0])
+            cols = torch.matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
+            spatial = tuple(x.shape[2:])
+            grad_x.append(
+                cols.reshape(n, rows, *spatial) if _pointwise(geom) else _fold(cols, spatial, geom)
+            )
+        if needs[1]:
+            cols = _conv_cols(x.narrow(0, i, n), geom, g, length)
+            part = torch.matmul(go, cols.transpose(2, 3).conj()).sum(0)
+            grad_w = part if grad_w is None else grad_w + part
+    return (
+        _cat(grad_x) if needs[0] else None,
+        grad_w.reshape(w.shape) if grad_w is not None else None,
+    )
+
+
+def _conv_transpose_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
+    _, geom, size, extend, g = spec
+    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+    w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)  # (G, C_out/G * prod(k), C_in/G)
+    sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
+    pieces = []
+    for i, n in _tiles(x.shape[0], sample):
+        cols = torch.matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
+        cols = cols.reshape(n, g * w_t.shape[1], positions)
+        pieces.append(
+            cols.reshape(n, g * w_t.shape[1], *size) if _pointwise(geom) else _fold(cols, size, geom)
+        )
+    out = _cat(pieces)
+    return F.pad(out, extend) if any(extend) else out
+
+
+def _conv_transpose_backward(
+    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    _, geom, size, extend, g = spec
+    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+    w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
+    if any(extend):
+        grad = F.pad(grad, [-v for v in extend])
+    sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
+    grad_x, grad_w = [], None
+    for i, n in _tiles(x.shape[0], sample):
+        go = grad.narrow(0, i, n)
+        cols = go if _pointwise(geom) else _unfold(go, geom)
+        cols = cols.reshape(n, g, w_t.shape[1], positions)
+        if needs[0]:
+            part_x = torch.matmul(w_t.transpose(1, 2).conj(), cols)
+            grad_x.append(part_x.reshape(n, c_in, *x.shape[2:]))
+        if needs[1]:
+            xs = x.narrow(0, i, n).reshape(n, g, c_in // g, positions)
+            part = torch.matmul(cols, xs.transpose(2, 3).conj()).sum(0)
+            grad_w = part if grad_w is None else grad_w + part
+    return (
+        _cat(grad_x) if needs[0] else None,
+        grad_w.transpose(1, 2).reshape(w.shape) if grad_w is not None else None,
+    )
+
+
+_FORWARD = {"conv": _conv_forward, "conv_transpose": _conv_transpose_forward}
+_BACKWARD = {"conv": _conv_backward, "conv_transpose": _conv_transpose_backward}
+
+
+class _BilinearCore(torch.autograd.Function):
+    """``out = op(x, w)`` for an op linear in each argument (conv, conv_transpose).
+
+    Saves only ``x`` and ``w``; backward is written with differentiable ops (unfold, fold,
+    matmul), so derivatives of every order work.
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:  # type: ignore[override]
+        return _FORWARD[spec[0]](x, w, spec)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        x, w, spec = inputs
+        ctx.save_for_backward(x, w)
+        ctx.spec = spec
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        x, w = ctx.saved_tensors
+        grad_x, grad_w = _BACKWARD[ctx.spec[0]](x, w, grad, ctx.spec, ctx.needs_input_grad[:2])
+        return grad_x, grad_w, None
+
+
+class _Bilinear(_BilinearCore):
+    """Adds forward-mode AD (product rule) and vmap (traced through the forward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
+        _BilinearCore.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
+
+    @staticmethod
+    def jvp(ctx, x_tangent, w_tangent, _):  # type: ignore[no-untyped-def]
+        x, w = ctx.saved_tensors
+        out = None if x_tangent is None else _Bilinear.apply(x_tangent, w, ctx.spec)
+        if w_tangent is not None:
+            part = _Bilinear.apply(x, w_tangent, ctx.spec)
+            out = part if out is None else out + part
+        return out
+
+
+def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
+    # Dynamo cannot trace a Function with a custom jvp: torch.compile gets the core.
+    fn = _BilinearCore if torch.compiler.is_compiling() else _Bilinear
+    return fn.apply(x, w, spec)  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- conv
 
 
@@ -273,22 +450,9 @@ def conv(
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
-    w_mat = w.reshape(g, c_out // g, (c_in // g) * k_numel)
-
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
-        batch = x.shape[0]
-        if (
-            all(k == 1 for k in kernel)
-            and all(s == 1 for s in st)
-            and not any(p for pair in geom_pads for p in pair)
-        ):
-            cols = x.reshape(batch, g, c_in // g, _args.prod(os))  # a 1x1 kernel needs no unfold
-        else:
-            cols = _unfold(x, (kernel, dil, geom_pads, st, False)).view(
-                batch, g, (c_in // g) * k_numel, _args.prod(os)
-            )
-        return torch.matmul(w_mat, cols).reshape(batch, c_out, *os)
+        return _bilinear(x, w, ("conv", (kernel, dil, geom_pads, st, False), g))
 
     def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
         lo: int = p[0]  # type: ignore[index]
@@ -404,29 +568,20 @@ def conv_transpose(
             )
 
     # ---- work starts here
-    # (G, C_out/G * prod(k), C_in/G): row index (c_out, kernel offset), fold's layout.
-    w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
-
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
         batch, sp = x.shape[0], tuple(x.shape[2:])
         if any(s == 0 for s in sp):  # no input row reaches this slab of the output
             return x.new_zeros((batch, c_out, *os))
-        positions = _args.prod(sp)
-        cols = torch.matmul(w_t, x.reshape(batch, g, c_in // g, positions))
-        cols = cols.reshape(batch, c_out * k_numel, positions)
         uncropped = [(s_ - 1) * s + sp_ for s_, s, sp_ in zip(sp, st, span, strict=True)]
         lo = [int(p) for p in ps]  # type: ignore[call-overload]
         hi = [u - p - o for u, p, o in zip(uncropped, lo, os, strict=True)]
-        if not any(lo) and not any(hi) and all(k == 1 for k in kernel) and all(s == 1 for s in st):
-            return cols.view(batch, c_out, *os)  # fold with a 1x1 kernel is a reshape
         crop = tuple((max(a, 0), max(z, 0)) for a, z in zip(lo, hi, strict=True))
         size = tuple(u - a - z for u, (a, z) in zip(uncropped, crop, strict=True))
-        out = _fold(cols, size, (kernel, dil, crop, st, False))
-        extend = [
+        extend = tuple(
             v for a, z in reversed(list(zip(lo, hi, strict=True))) for v in (max(-a, 0), max(-z, 0))
-        ]
-        return F.pad(out, extend) if any(extend) else out
+        )
+        return _bilinear(x, w, ("conv_transpose", (kernel, dil, crop, st, False), size, extend, g))
 
     def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
         u0, u1 = int(p) + o0, int(p) + o1  # type: ignore[call-overload]
