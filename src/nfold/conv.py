@@ -447,6 +447,7 @@ def conv(
                 f"{item} bytes)"
             )
 
+    _args.check_conv_alloc(x, c_out, kernel, dil, pads, st, mode, chunked=limit is not None)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
@@ -567,12 +568,15 @@ def conv_transpose(
                 f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
             )
 
+    _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
     # ---- work starts here
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
         batch, sp = x.shape[0], tuple(x.shape[2:])
         if any(s == 0 for s in sp):  # no input row reaches this slab of the output
-            return x.new_zeros((batch, c_out, *os))
+            # zeros that stay in the autograd graph (an empty sum: exactly 0, never NaN)
+            linked = x.flatten()[:0].sum() + w.flatten()[:0].sum()
+            return x.new_zeros((batch, c_out, *os)) + linked
         uncropped = [(s_ - 1) * s + sp_ for s_, s, sp_ in zip(sp, st, span, strict=True)]
         lo = [int(p) for p in ps]  # type: ignore[call-overload]
         hi = [u - p - o for u, p, o in zip(uncropped, lo, os, strict=True)]
