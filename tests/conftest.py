@@ -42,3 +42,12 @@ def _seed() -> None:
     """Every test starts from the same global RNG state (tests also pass explicit
     generators; this pins anything that falls back on the global one)."""
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Small ops on a shared 2-core machine: one intra-op thread avoids pool spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -106,15 +106,6 @@ def _assert_bitwise(got, want, what):
         assert torch.equal(a, b), f"{what}: result {i} differs bitwise"
 
 
-@pytest.fixture
-def one_thread():
-    """Small ops on a shared machine: one intra-op thread avoids pool spin-waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_repeated_calls_are_bitwise_identical(case, deterministic_flag, one_thread):
     deterministic_flag(False)

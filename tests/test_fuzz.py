@@ -16,14 +16,6 @@ import nfold
 QUICK_CASES = 100  # per op: 6 ops -> 600 cases, a few seconds
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("op", list(fuzz.OPS), ids=list(fuzz.OPS))
 def test_quick_profile(op, one_thread):
     if op.startswith("conv") and fuzz.nf_conv is None:

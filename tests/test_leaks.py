@@ -49,15 +49,6 @@ OPS = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops on a shared machine: one intra-op thread avoids pool spin-waits (10x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 @pytest.mark.parametrize("op", list(OPS), ids=list(OPS))
 def test_no_growth_over_10000_calls(op, one_thread):

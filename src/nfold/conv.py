@@ -180,7 +180,10 @@ def _chunked(
             slabs.append(piece(x, ps, os, i, o0, o1))
             o0 = o1
         parts = _slices(x, 2 + i, [(start, length) for start, length, *_ in slabs])
-        pieces = [split(p, sub_ps, sub_os, i + 1) for p, (*_, sub_ps, sub_os) in zip(parts, slabs)]
+        pieces = [
+            split(part, sub_ps, sub_os, i + 1)
+            for part, (*_, sub_ps, sub_os) in zip(parts, slabs, strict=True)
+        ]
         return torch.cat(pieces, 2 + i)
 
     batch, spatial = x.shape[0], x.shape[2:]
@@ -201,7 +204,7 @@ def _slices(x: torch.Tensor, dim: int, ranges: list[tuple[int, int]]) -> list[to
     of materialising a zero-padded full-size gradient per slab."""
     size = x.shape[dim]
     cuts = sorted({0, size} | {min(a, size) for a, _ in ranges} | {a + n for a, n in ranges})
-    pieces = torch.split(x, [b - a for a, b in zip(cuts, cuts[1:])], dim)
+    pieces = torch.split(x, [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)], dim)
     first = {a: i for i, a in enumerate(cuts)}
     out = []
     for a, length in ranges:
@@ -234,8 +237,10 @@ def _tiles(batch: int, sample_bytes: int) -> list[tuple[int, int]]:
 def _pointwise(geom: tuple) -> bool:  # type: ignore[type-arg]
     """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
     kernel, _, pads, stride, _ = geom
-    return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(
-        p for pair in pads for p in pair
+    return (
+        all(k == 1 for k in kernel)
+        and all(s == 1 for s in stride)
+        and not any(p for pair in pads for p in pair)
     )
 
 
@@ -300,10 +305,9 @@ def _conv_transpose_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> to
     pieces = []
     for i, n in _tiles(x.shape[0], sample):
         cols = torch.matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
-        cols = cols.reshape(n, g * w_t.shape[1], positions)
-        pieces.append(
-            cols.reshape(n, g * w_t.shape[1], *size) if _pointwise(geom) else _fold(cols, size, geom)
-        )
+        rows = g * w_t.shape[1]
+        cols = cols.reshape(n, rows, positions)
+        pieces.append(cols.reshape(n, rows, *size) if _pointwise(geom) else _fold(cols, size, geom))
     out = _cat(pieces)
     return F.pad(out, extend) if any(extend) else out
 
@@ -469,18 +473,18 @@ def conv(
 
     has_pad = any(p for pair in pads for p in pair) or mode != "zeros"
     one = cost(1, _span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
-    if limit is not None:
-        if one > limit:
-            raise ValueError(
-                f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
-                f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
-                f"{item} bytes)"
-            )
+    if limit is not None and one > limit:
+        raise ValueError(
+            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+            f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
+            f"{item} bytes)"
+        )
 
     _args.check_conv_alloc(x, c_out, kernel, dil, pads, st, mode, chunked=limit is not None)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
+
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
         return _bilinear(x, w, ("conv", (kernel, dil, geom_pads, st, False), g))
@@ -590,15 +594,15 @@ def conv_transpose(
 
     rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
     one = cost(1, rows, (0,) * n, (1,) * n)
-    if limit is not None:
-        if one > limit:
-            raise ValueError(
-                f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
-                f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
-                f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
-            )
+    if limit is not None and one > limit:
+        raise ValueError(
+            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+            f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
+            f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
+        )
 
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
+
     # ---- work starts here
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.

@@ -24,13 +24,14 @@ from ._args import IntOrTuple, PaddingArg, Pads
 Geometry = tuple[tuple[int, ...], tuple[int, ...], Pads, tuple[int, ...], bool]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
-# torch has no add for these; fold sums them in int64 (the same bits modulo 2^64)
 _REAL = {
     torch.complex32: torch.float16,
     torch.complex64: torch.float32,
     torch.complex128: torch.float64,
 }
+# torch has no add for these (fold sums them in int64) and no reflect/replicate kernel
 _NO_ADD = tuple(getattr(torch, n) for n in ("uint16", "uint32", "uint64") if hasattr(torch, n))
+_NO_PAD_KERNEL = (torch.bool, *_NO_ADD)
 _WIDER = {
     torch.float16: torch.float32,
     torch.bfloat16: torch.float32,
@@ -245,9 +246,12 @@ def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     ``mode`` is "zeros", "reflect", "replicate" or "circular" (torch's conv meaning).
     Pure data movement (gathers), differentiable.
     """
-    if mode == "zeros":
-        return F.pad(input, [p for pair in reversed(pads) for p in pair])
     n = len(pads)
+    flat = [p for pair in reversed(pads) for p in pair]
+    if mode == "zeros":
+        return F.pad(input, flat)
+    if n <= 3 and input.dim() == n + 2 and input.dtype not in _NO_PAD_KERNEL:
+        return F.pad(input, flat, mode=mode)  # torch's own kernel: faster than gathers
     for i, (lo, hi) in enumerate(pads):
         if lo or hi:
             dim = input.dim() - n + i
