@@ -2,7 +2,7 @@
 # (pip install -e ".[dev]").
 PYTHON ?= python
 
-.PHONY: help test check lint format typecheck bench bench-quick docs
+.PHONY: help test check lint format typecheck bench bench-quick docs fuzz
 
 help:
 	@echo "make test        run the test suite (pytest)"
@@ -11,6 +11,7 @@ help:
 	@echo "make bench       full benchmark suite -> benchmarks/results.{md,png,json}"
 	@echo "make bench-quick reduced benchmark suite (about a minute)"
 	@echo "make docs        regenerate docs/api.md and docs/conv_as_matmul.png"
+	@echo "make fuzz        long differential fuzz (10,000 cases; exits 1 on a mismatch)"
 
 test:
 	$(PYTHON) -m pytest -q
@@ -37,3 +38,6 @@ bench-quick:
 docs:
 	$(PYTHON) docs/make_api.py
 	$(PYTHON) docs/make_figure.py
+
+fuzz:
+	$(PYTHON) tests/fuzz.py --cases 10000 --seed 1
