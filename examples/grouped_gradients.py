@@ -45,6 +45,6 @@ for name, (w, g, transposed) in cases.items():
         ours = grads(partial(nfold.conv, padding=1, groups=g), x, w, b)
         ref = grads(partial(F.conv2d, padding=1, groups=g), x, w, b)
     report(name, ours, ref)
-print("Relative errors at float64 round-off: the gradients come from autograd through")
+print("Relative errors at float64 round-off: the gradients are computed with")
 print("unfold/fold (each the other's backward) and one broadcast matmul over the groups.")
 print("Weight layouts: conv (C_out, C_in/groups, kH, kW); transposed (C_in, C_out/groups, kH, kW).")

@@ -2,19 +2,23 @@
 
 ``conv`` = unfold -> (grouped) matmul -> reshape; ``conv_transpose`` = (grouped) matmul
 -> fold. Groups are one broadcast ``torch.matmul`` over a ``(B, G, ...)`` view, never a
-Python loop. Gradients come from autograd through unfold / fold (each the other's
-backward) and matmul, so they are exact to round-off.
+Python loop. Both are one autograd.Function (``_Bilinear``) that saves only the input
+and the weight: its backward is again unfold / fold (each the other's adjoint) and
+matmuls, rebuilt tile by tile, so gradients are exact to round-off, derivatives of every
+order work, and training never holds the whole unfolded matrix.
 
-With ``max_workspace_bytes`` the work is split into slabs of the *output*: first over the
-batch, then over ranges of output positions along the first spatial dim, then (if one
-output row is still too large) along the next dim, and so on. Each slab reads the input
-rows it needs (with its own share of the padding) and runs the unchunked kernel on them;
-the slabs are concatenated. Every output element goes through the same unfold / fold
-sums in the same order as without chunking. Chunks over the batch run the very same
-per-sample matmuls, so forward and input gradient are bitwise identical; chunks over
-output positions change the matmul width, and BLAS rounds a column differently
-depending on the width (kernel choice, edge tiles), so those agree to round-off (~1e-16
-relative), as do weight gradients (summed over chunks in a different order).
+The output is computed in slabs: first over the batch, then over ranges of output
+positions along the first spatial dim, then (if one output row is still too large) along
+the next dim, and so on, each slab no larger than ``max_workspace_bytes`` (by default
+about 8 MB, so that a slab's unfolded matrix is consumed while it is in cache). Each slab
+reads the input rows it needs (with its own share of the padding) and runs the unchunked
+kernel on them; the slabs are concatenated. Every output element goes through the same
+unfold / fold sums in the same order as without chunking. Chunks over the batch run the
+very same per-sample matmuls, so forward and input gradient are bitwise identical;
+chunks over output positions change the matmul width, and BLAS rounds a column
+differently depending on the width (kernel choice, edge tiles), so those agree to
+round-off (~1e-16 relative), as do weight gradients (summed over chunks in a different
+order).
 """
 
 from __future__ import annotations
