@@ -38,7 +38,6 @@ Every case is reproducible on its own from (seed, index): ``--seed S --case I``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import math
 import random
@@ -53,12 +52,8 @@ import torch
 import torch.nn.functional as F
 
 import nfold
-
-try:  # conv / conv_transpose are written by another agent and may not exist yet
-    from nfold.conv import conv as nf_conv
-    from nfold.conv import conv_transpose as nf_conv_transpose
-except ImportError:  # pragma: no cover - depends on the development stage
-    nf_conv = nf_conv_transpose = None  # type: ignore[assignment]
+from nfold import conv as nf_conv
+from nfold import conv_transpose as nf_conv_transpose
 
 # ----------------------------------------------------------------------------------------
 # Independent reference (index formulas only; nothing from nfold)
@@ -667,10 +662,6 @@ def case_sliding_window_view(rnd, gen, n, counts):
     return desc
 
 
-def _conv_kwargs_supported(fn) -> set[str]:
-    return set(inspect.signature(fn).parameters) if fn is not None else set()
-
-
 def _call_workspace(fn, leaves, has_bias, kwargs):
     """Call conv/conv_transpose; a max_workspace_bytes below the documented minimum raises
     ValueError (by design): double it until accepted, so that chunking is exercised."""
@@ -685,8 +676,6 @@ def _call_workspace(fn, leaves, has_bias, kwargs):
 
 
 def case_conv(rnd, gen, n, counts):
-    if nf_conv is None:
-        return None
     kernel, dilation, stride, pads, padding_arg, mode, spatial = gen_unfold_geometry(rnd, n)
     groups = rnd.choice([1, 1, 2, 3])
     c_in, c_out = groups * rnd.randint(1, 2), groups * rnd.randint(1, 2)
@@ -701,47 +690,21 @@ def case_conv(rnd, gen, n, counts):
     xin = restride(x, rnd.choice(["contig", "strided", "permuted"]))
     kwargs = dict(stride=_spell(rnd, stride, False), padding=padding_arg, groups=groups,
                   dilation=_spell(rnd, dilation, False), padding_mode=mode)  # fmt: skip
-    if "max_workspace_bytes" in _conv_kwargs_supported(nf_conv) and rnd.random() < 0.3:
-        kwargs["max_workspace_bytes"] = rnd.choice([1, 64, 512, 4096])
-    desc = dict(x=tuple(x.shape), w=tuple(w.shape), bias=b is not None, dtype=str(dtype), **kwargs)
-    leaves = [t.clone().requires_grad_() for t in (xin, w)] + (
-        [b.clone().requires_grad_()] if b is not None else []
-    )
-    saved = [t.detach().clone() for t in leaves]
-    got = _call_workspace(nf_conv, leaves, b is not None, kwargs)
-    check_unchanged(saved, [t.detach() for t in leaves], "conv")
-    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    abs_leaves = [t.detach().abs().requires_grad_() for t in leaves]
-    rb = ref_leaves[2] if b is not None else None
-    ab = abs_leaves[2] if b is not None else None
-    want = ref_conv(ref_leaves[0], ref_leaves[1], rb, stride, pads, dilation, groups, mode)
-    abs_w = ref_conv(abs_leaves[0], abs_leaves[1], ab, stride, pads, dilation, groups, mode)
     k_fwd = c_in // groups * math.prod(kernel) + 1
-    within_bound(got.detach(), want.detach(), abs_w.detach(), k_fwd, "conv")
-    counts["conv"] += 1
-    g = normal(gen, want.shape, dtype)
-    got_g = _grads(got, leaves, g)
-    want_g = (
-        _grads(want, ref_leaves, g)
-        if want.requires_grad
-        else [torch.zeros_like(t) for t in ref_leaves]
-    )
-    abs_g = _grads(abs_w, abs_leaves, g.abs()) if want.requires_grad else want_g
     # inner lengths of the three gradient sums (an upper bound is all the bound needs)
     k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(blocks))
     if mode != "zeros":  # a padded copy of an input element adds its own terms to grad_input
         k_grad *= math.prod(1 + lo + hi for lo, hi in pads)
-    for name, a, r, s in zip(
-        ["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g, strict=False
-    ):
-        within_bound(a, r, s, k_grad, f"conv {name}")
-    counts["conv.grad"] += 1
-    return desc
+
+    def reference(x, w, b):
+        return ref_conv(x, w, b, stride, pads, dilation, groups, mode)
+
+    return _compare_bilinear(
+        "conv", nf_conv, reference, (xin, w, b), kwargs, rnd, gen, counts, k_fwd, k_grad
+    )
 
 
 def case_conv_transpose(rnd, gen, n, counts):
-    if nf_conv_transpose is None:
-        return None
     kernel, dilation, stride, padding, out_pad, spatial, out_sizes = gen_transpose_geometry(rnd, n)
     groups = rnd.choice([1, 1, 2, 3])
     c_in, c_out = groups * rnd.randint(1, 2), groups * rnd.randint(1, 2)
@@ -762,26 +725,39 @@ def case_conv_transpose(rnd, gen, n, counts):
         )
     else:
         kwargs["output_padding"] = _spell(rnd, out_pad, False)
-    if "max_workspace_bytes" in _conv_kwargs_supported(nf_conv_transpose) and rnd.random() < 0.3:
+    k_fwd = c_in // groups * math.prod(kernel) + 1
+    k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(out_sizes))
+
+    def reference(x, w, b):
+        return ref_conv_transpose(x, w, b, stride, padding, out_pad, dilation, groups)
+
+    return _compare_bilinear(
+        "conv_transpose", nf_conv_transpose, reference, (xin, w, b), kwargs, rnd, gen, counts,
+        k_fwd, k_grad,
+    )  # fmt: skip
+
+
+def _compare_bilinear(op, fn, reference, operands, kwargs, rnd, gen, counts, k_fwd, k_grad):
+    """Run nfold's ``fn`` (sometimes chunked) and ``reference`` on the same ``(x, w, bias)``;
+    compare the forward and every gradient within the summation bound for sums of
+    ``k_fwd`` / ``k_grad`` terms. Returns the case description."""
+    xin, w, b = operands
+    if rnd.random() < 0.3:
         kwargs["max_workspace_bytes"] = rnd.choice([1, 64, 512, 4096])
-    desc = dict(x=tuple(x.shape), w=tuple(w.shape), bias=b is not None, dtype=str(dtype), **kwargs)
-    leaves = [t.clone().requires_grad_() for t in (xin, w)] + (
-        [b.clone().requires_grad_()] if b is not None else []
-    )
+    desc = dict(x=tuple(xin.shape), w=tuple(w.shape), bias=b is not None, dtype=str(w.dtype))
+    desc.update(kwargs)
+    leaves = [t.clone().requires_grad_() for t in operands if t is not None]
     saved = [t.detach().clone() for t in leaves]
-    got = _call_workspace(nf_conv_transpose, leaves, b is not None, kwargs)
-    check_unchanged(saved, [t.detach() for t in leaves], "conv_transpose")
+    got = _call_workspace(fn, leaves, b is not None, kwargs)
+    check_unchanged(saved, [t.detach() for t in leaves], op)
     ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
     abs_leaves = [t.detach().abs().requires_grad_() for t in leaves]
-    rb = ref_leaves[2] if b is not None else None
-    ab = abs_leaves[2] if b is not None else None
-    args = (stride, padding, out_pad, dilation, groups)
-    want = ref_conv_transpose(ref_leaves[0], ref_leaves[1], rb, *args)
-    abs_w = ref_conv_transpose(abs_leaves[0], abs_leaves[1], ab, *args)
-    k_fwd = c_in // groups * math.prod(kernel) + 1
-    within_bound(got.detach(), want.detach(), abs_w.detach(), k_fwd, "conv_transpose")
-    counts["conv_transpose"] += 1
-    g = normal(gen, want.shape, dtype)
+    bias_of = (lambda ts: ts[2]) if b is not None else (lambda ts: None)
+    want = reference(ref_leaves[0], ref_leaves[1], bias_of(ref_leaves))
+    abs_w = reference(abs_leaves[0], abs_leaves[1], bias_of(abs_leaves))
+    within_bound(got.detach(), want.detach(), abs_w.detach(), k_fwd, op)
+    counts[op] += 1
+    g = normal(gen, want.shape, w.dtype)
     got_g = _grads(got, leaves, g)
     want_g = (
         _grads(want, ref_leaves, g)
@@ -789,12 +765,11 @@ def case_conv_transpose(rnd, gen, n, counts):
         else [torch.zeros_like(t) for t in ref_leaves]
     )
     abs_g = _grads(abs_w, abs_leaves, g.abs()) if want.requires_grad else want_g
-    k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(out_sizes))
     for name, a, r, s in zip(
         ["grad_input", "grad_weight", "grad_bias"], got_g, want_g, abs_g, strict=False
     ):
-        within_bound(a, r, s, k_grad, f"conv_transpose {name}")
-    counts["conv_transpose.grad"] += 1
+        within_bound(a, r, s, k_grad, f"{op} {name}")
+    counts[f"{op}.grad"] += 1
     return desc
 
 
@@ -857,9 +832,7 @@ def run_case(
 
 def fuzz(cases: int, seed: int = 0, ops: list[str] | None = None, start: int = 0,
          verbose: bool = False, time_limit: float | None = None) -> Report:  # fmt: skip
-    ops = [o for o in (ops or list(OPS)) if OPS[o] is not None]
-    if nf_conv is None:
-        ops = [o for o in ops if o not in ("conv", "conv_transpose")]
+    ops = list(ops or OPS)
     report = Report()
     t0 = time.monotonic()
     for index in range(start, start + cases):
@@ -876,8 +849,6 @@ def format_report(report: Report, seconds: float, seed: int) -> str:
         "cases per op: " + ", ".join(f"{k}={v}" for k, v in sorted(report.per_op.items())),
         "comparisons:  " + ", ".join(f"{k}={v}" for k, v in sorted(report.counts.items())),
     ]
-    if nf_conv is None:
-        lines.append("note: nfold.conv / conv_transpose not importable; conv ops skipped")
     for index, op, n, msg in report.mismatches[:50]:
         lines.append(f"MISMATCH case {index} ({op}, N={n}): {msg}")
         lines.append(f"  reproduce: python tests/fuzz.py --seed {seed} --case {index} -v")
