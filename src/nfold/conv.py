@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _args
 from ._args import IntOrTuple, PaddingArg, Pads
-from .patches import _check_pad_mode, _fold, _unfold, pad
+from .patches import Geometry, _check_pad_mode, _fold, _unfold, pad
 
 _Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
 _Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
@@ -238,7 +238,7 @@ def _tiles(batch: int, sample_bytes: int) -> list[tuple[int, int]]:
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
 
 
-def _pointwise(geom: tuple) -> bool:  # type: ignore[type-arg]
+def _pointwise(geom: Geometry) -> bool:
     """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
     kernel, _, pads, stride, _ = geom
     return (
@@ -252,7 +252,7 @@ def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
-def _conv_cols(x: torch.Tensor, geom: tuple, g: int, length: int) -> torch.Tensor:  # type: ignore[type-arg]
+def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Tensor:
     """``(n, C_in, *S)`` -> ``(n, G, C_in/G * prod(k), L)``."""
     cols = x if _pointwise(geom) else _unfold(x, geom)
     return cols.reshape(x.shape[0], g, x.shape[1] // g * _args.prod(geom[0]), length)
@@ -286,10 +286,12 @@ def _conv_backward(
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
             rows = x.shape[1] * _args.prod(geom[0])
-            cols = torch.matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
+            grad_cols = torch.matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
             spatial = tuple(x.shape[2:])
             grad_x.append(
-                cols.reshape(n, rows, *spatial) if _pointwise(geom) else _fold(cols, spatial, geom)
+                grad_cols.reshape(n, rows, *spatial)
+                if _pointwise(geom)
+                else _fold(grad_cols, spatial, geom)
             )
         if needs[1]:
             cols = _conv_cols(x.narrow(0, i, n), geom, g, length)
