@@ -506,6 +506,23 @@ def test_blas_columns_depend_on_width() -> None:
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
+def test_batch_tiles_equal_one_tile(transposed: bool, monkeypatch) -> None:
+    """Work goes in batch tiles of about _TILE_BYTES. Forward and input gradient run the
+    very same per-sample matmuls whatever the tiling (bitwise); conv's weight gradient
+    merges a tile's batch into one GEMM (K = n * L), so it agrees to round-off."""
+    fn, torch_fn = (conv_transpose, torch_conv_transpose) if transposed else (conv, torch_conv)
+    x, w, b, kw = _chunk_case(transposed)
+    ref, ref_grads, g = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b)
+    monkeypatch.setattr(sys.modules["nfold.conv"], "_TILE_BYTES", 1)  # a sample per tile
+    out, grads, _ = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b, g)
+    assert torch.equal(out, ref) and torch.equal(grads[0], ref_grads[0])
+    _, torch_grads, _ = _value_and_grads(lambda x, w, b: torch_fn(x, w, b, **kw), x, w, b, g)
+    for tiled, untiled, want in zip(grads, ref_grads, torch_grads, strict=True):
+        assert_rel(tiled, untiled, 1e-14)
+        assert_rel(tiled, want, 1e-14)
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
 def test_chunked_intermediates_respect_limit(transposed: bool, monkeypatch) -> None:
     mod = sys.modules["nfold.conv"]
     seen: list[int] = []

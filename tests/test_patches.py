@@ -12,6 +12,7 @@ Plus properties: adjointness, fold-mean identity, autograd of every order, jvp, 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -950,6 +951,29 @@ def test_unfold_3d_memory_layouts_equal_reference(layout):
         assert torch.equal(
             nfold.unfold(x, *args, padding_mode=mode), ref_unfold(x, *args, padding_mode=mode)
         )
+
+
+@pytest.mark.parametrize(
+    ("budget", "chunks"), [(1, 15), (1200, 9), (6000, 2)], ids=["plane", "planes", "samples"]
+)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_zero_padding_in_chunks_is_bitwise_the_same(monkeypatch, budget, chunks, layout):
+    """Zero padding is applied to one chunk of (batch, channel) planes at a time, so that
+    unfold's peak memory is its output plus one padded chunk; every chunking gives the
+    same bits, for unfold, unfold_transpose (flipped copies) and the rows-first layout."""
+    patches = sys.modules["nfold.patches"]
+    x = _layout(make_tensor((3, 5, 6, 7), F64, seed=67), layout)
+    kernel, dilation, pads, stride = (3, 2), (1, 2), ((1, 2), (0, 1)), (2, 1)
+    monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", budget)
+    assert len(patches._pad_chunks(x, pads)) == chunks  # padded planes are 9 x 8 x 8 bytes
+    out = nfold.unfold(x, kernel, dilation, pads, stride)
+    assert torch.equal(out, ref_unfold(x, kernel, dilation, pads, stride))
+    geom = (kernel, dilation, pads, stride, False)
+    rows_first = patches._unfold_forward(x, geom, rows_first=True)
+    assert rows_first.transpose(0, 1).is_contiguous() and torch.equal(rows_first, out)
+    y = _layout(make_tensor((3, 5, 4, 5), F64, seed=68), layout)
+    args = (kernel, (2, 1), (1, 2), (1, 0), (1, 2))  # kernel, stride, padding, out_pad, dil
+    assert torch.equal(nfold.unfold_transpose(y, *args), ref_unfold_transpose(y, *args))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])

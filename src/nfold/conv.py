@@ -280,12 +280,12 @@ def _conv_backward(
     _, geom, g = spec
     length, c_out = _args.prod(grad.shape[2:]), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
-    sample = x.shape[1] * _args.prod(geom[0]) * length * x.element_size()
+    rows = x.shape[1] * _args.prod(geom[0])
+    sample = rows * length * x.element_size()
     grad_x, grad_w = [], None
     for i, n in _tiles(x.shape[0], sample):
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
-            rows = x.shape[1] * _args.prod(geom[0])
             grad_cols = torch.matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
             spatial = tuple(x.shape[2:])
             grad_x.append(
@@ -294,8 +294,13 @@ def _conv_backward(
                 else _fold(grad_cols, spatial, geom)
             )
         if needs[1]:
-            cols = _conv_cols(x.narrow(0, i, n), geom, g, length)
-            part = torch.matmul(go, cols.transpose(2, 3).conj()).sum(0)
+            # one GEMM per group with the tile's batch merged into the contraction
+            # (K = n * L): per-sample products summed afterwards are slow when L is small
+            xs = x.narrow(0, i, n)
+            cols = xs if _pointwise(geom) else _unfold(xs, geom, rows_first=True)
+            cols = cols.transpose(0, 1).reshape(g, rows // g, n * length)
+            go_rows = go.permute(1, 2, 0, 3).reshape(g, c_out // g, n * length)
+            part = torch.matmul(go_rows, cols.transpose(1, 2).conj())
             grad_w = part if grad_w is None else grad_w + part
     return (
         _cat(grad_x) if needs[0] else None,

@@ -54,24 +54,54 @@ def _window_view(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     return x
 
 
-def _unfold_forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    kernel, _, pads, _, flip = geom
+# Zero padding is applied to at most this many bytes of input at a time, so unfold's
+# peak memory is its output plus this, not plus a padded copy of the whole input.
+_PAD_CHUNK_BYTES = 1 << 20
+
+
+def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
+    """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the chunk budget."""
+    batch, channels = x.shape[:2]
+    if not any(p for pair in pads for p in pair):
+        return [(slice(None), slice(None))]
+    padded = [s + lo + hi for s, (lo, hi) in zip(x.shape[2:], pads, strict=True)]
+    plane = x.element_size() * _args.prod(padded)
+    if plane * channels <= _PAD_CHUNK_BYTES:
+        step = max(1, _PAD_CHUNK_BYTES // max(plane * channels, 1))
+        return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
+    step = max(1, _PAD_CHUNK_BYTES // plane)
+    channel_steps = range(0, channels, step)
+    return [(slice(b, b + 1), slice(c, c + step)) for b in range(batch) for c in channel_steps]
+
+
+def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -> torch.Tensor:
+    """``(B, C, *S)`` -> ``(B, C * prod(k), L)``; with ``rows_first`` the result is laid out
+    in memory as ``(C * prod(k), B, L)`` (same values, a transposed view), so that the
+    batch can be merged into the columns of one GEMM without a copy."""
+    kernel, dilation, pads, stride, flip = geom
     n = len(kernel)
-    if any(p for pair in pads for p in pair):
-        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
-    view = _window_view(x, geom)
-    batch, channels = view.shape[:2]
-    blocks = view.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (B, C, *k, *L)
-    cols = torch.empty(blocks.shape, dtype=x.dtype, device=x.device)
-    if flip:  # torch has no negative strides: copy one kernel offset at a time
-        for offset in itertools.product(*(range(k) for k in kernel)):
-            flipped = tuple(k - 1 - j for k, j in zip(kernel, offset, strict=True))
-            dst: tuple[Any, ...] = (slice(None), slice(None), *flipped)
-            src: tuple[Any, ...] = (slice(None), slice(None), *offset)
-            cols[dst].copy_(blocks[src])
+    batch, channels = x.shape[:2]
+    outs = _args.output_size(tuple(x.shape[2:]), kernel, dilation, pads, stride)
+    if rows_first:
+        shape = (channels, *kernel, batch, *outs)
+        cols = torch.empty(shape, dtype=x.dtype, device=x.device).movedim(1 + n, 0)
     else:
-        cols.copy_(blocks)
-    return cols.view(batch, channels * _args.prod(kernel), _args.prod(blocks.shape[2 + n :]))
+        cols = torch.empty((batch, channels, *kernel, *outs), dtype=x.dtype, device=x.device)
+    flat_pads = [p for pair in reversed(pads) for p in pair]
+    for chunk in _pad_chunks(x, pads):
+        part = F.pad(x[chunk], flat_pads) if any(flat_pads) else x[chunk]
+        view = _window_view(part, geom)
+        blocks = view.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (b, c, *k, *L)
+        dst = cols[chunk]
+        if flip:  # torch has no negative strides: copy one kernel offset at a time
+            for offset in itertools.product(*(range(k) for k in kernel)):
+                flipped = tuple(k - 1 - j for k, j in zip(kernel, offset, strict=True))
+                to: tuple[Any, ...] = (slice(None), slice(None), *flipped)
+                src: tuple[Any, ...] = (slice(None), slice(None), *offset)
+                dst[to].copy_(blocks[src])
+        else:
+            dst.copy_(blocks)
+    return cols.view(batch, channels * _args.prod(kernel), _args.prod(outs))
 
 
 def _phase_plan(
@@ -144,18 +174,18 @@ class _UnfoldCore(torch.autograd.Function):
     """im2col on a batched ``(B, C, *S)`` tensor; backward is fold. Traceable by dynamo."""
 
     @staticmethod
-    def forward(x: torch.Tensor, geom: Geometry) -> torch.Tensor:  # type: ignore[override]
-        return _unfold_forward(x, geom)
+    def forward(x: torch.Tensor, geom: Geometry, rows_first: bool) -> torch.Tensor:  # type: ignore[override]
+        return _unfold_forward(x, geom, rows_first)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        x, geom = inputs
+        x, geom, _ = inputs
         ctx.geom = geom
         ctx.spatial = tuple(x.shape[2:])
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
-        return _fold(grad, ctx.spatial, ctx.geom), None
+        return _fold(grad, ctx.spatial, ctx.geom), None, None
 
 
 class _FoldCore(torch.autograd.Function):
@@ -180,13 +210,13 @@ class _Unfold(_UnfoldCore):
     """Adds forward-mode AD (unfold is linear) and a vmap rule (merge into the batch)."""
 
     @staticmethod
-    def jvp(ctx, tangent, _):  # type: ignore[no-untyped-def]
-        return _Unfold.apply(tangent, ctx.geom)
+    def jvp(ctx, tangent, _geom, rows_first):  # type: ignore[no-untyped-def]
+        return _Unfold.apply(tangent, ctx.geom, rows_first)
 
     @staticmethod
-    def vmap(info, in_dims, x, geom):  # type: ignore[no-untyped-def]
+    def vmap(info, in_dims, x, geom, rows_first):  # type: ignore[no-untyped-def]
         flat, v, b = _move_vmap_dim(x, in_dims[0])
-        out = _Unfold.apply(flat, geom)
+        out = _Unfold.apply(flat, geom, rows_first)
         return out.view(v, b, *out.shape[1:]), 0
 
 
@@ -205,9 +235,9 @@ class _Fold(_FoldCore):
 # Dynamo cannot trace an autograd.Function with a custom jvp or vmap, so torch.compile
 # gets the core Functions: same forward, same backward, so compiled gradients are
 # bitwise equal to eager ones.
-def _unfold(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+def _unfold(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -> torch.Tensor:
     fn = _UnfoldCore if torch.compiler.is_compiling() else _Unfold
-    return fn.apply(x, geom)  # type: ignore[no-any-return]
+    return fn.apply(x, geom, rows_first)  # type: ignore[no-any-return]
 
 
 def _fold(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
