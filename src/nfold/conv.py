@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _args
 from ._args import IntOrTuple, PaddingArg, Pads
-from .patches import Geometry, _check_pad_mode, _fold, _unfold, pad
+from .patches import Geometry, _check_pad_mode, _fold, _signature_once, _unfold, pad
 
 _Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
 _Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
@@ -354,6 +354,7 @@ _FORWARD = {"conv": _conv_forward, "conv_transpose": _conv_transpose_forward}
 _BACKWARD = {"conv": _conv_backward, "conv_transpose": _conv_transpose_backward}
 
 
+@_signature_once
 class _BilinearCore(torch.autograd.Function):
     """``out = op(x, w)`` for an op linear in each argument (conv, conv_transpose).
 
