@@ -522,8 +522,8 @@ def test_batch_tiles_equal_one_tile(transposed: bool, monkeypatch) -> None:
         assert_rel(tiled, want, 1e-14)
 
 
-@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
-def test_chunked_intermediates_respect_limit(transposed: bool, monkeypatch) -> None:
+def _intermediate_bytes(monkeypatch, transposed: bool, limit: int | None) -> list[int]:
+    """Bytes of every unfolded matrix and matmul result of a forward pass."""
     mod = sys.modules["nfold.conv"]
     seen: list[int] = []
     real_unfold, real_matmul = mod._unfold, torch.matmul
@@ -539,11 +539,31 @@ def test_chunked_intermediates_respect_limit(transposed: bool, monkeypatch) -> N
         return out
 
     x, w, b, kw = _chunk_case(transposed)
+    with monkeypatch.context() as m:
+        m.setattr(mod, "_unfold", unfold_spy)
+        m.setattr(mod.torch, "matmul", matmul_spy)
+        (conv_transpose if transposed else conv)(x, w, b, max_workspace_bytes=limit, **kw)
+    return seen
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
+def test_chunked_intermediates_respect_limit(transposed: bool, monkeypatch) -> None:
+    x, w, _, kw = _chunk_case(transposed)
     limit = int(0.3 * _sample_bytes(x, w, kw, transposed))
-    monkeypatch.setattr(mod, "_unfold", unfold_spy)
-    monkeypatch.setattr(mod.torch, "matmul", matmul_spy)
-    (conv_transpose if transposed else conv)(x, w, b, max_workspace_bytes=limit, **kw)
+    seen = _intermediate_bytes(monkeypatch, transposed, limit)
     assert len(seen) > 3 and max(seen) <= limit
+
+
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
+def test_limit_above_default_slabs_keeps_them(transposed: bool, monkeypatch) -> None:
+    """A generous max_workspace_bytes caps the slabs but does not enlarge them beyond the
+    default size (larger slabs fall out of cache and run slower)."""
+    x, w, _, kw = _chunk_case(transposed)
+    default = int(0.3 * _sample_bytes(x, w, kw, transposed))
+    monkeypatch.setattr(sys.modules["nfold.conv"], "_AUTO_WORKSPACE", default)
+    seen = _intermediate_bytes(monkeypatch, transposed, 1 << 40)
+    assert seen == _intermediate_bytes(monkeypatch, transposed, None)
+    assert len(seen) > 3 and max(seen) <= default
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])

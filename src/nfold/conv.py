@@ -9,8 +9,8 @@ order work, and training never holds the whole unfolded matrix.
 
 The output is computed in slabs: first over the batch, then over ranges of output
 positions along the first spatial dim, then (if one output row is still too large) along
-the next dim, and so on, each slab no larger than ``max_workspace_bytes`` (by default
-about 8 MB, so that a slab's unfolded matrix is consumed while it is in cache). Each slab
+the next dim, and so on, each slab no larger than about 8 MB (so that a slab's unfolded
+matrix is consumed while it is in cache) or ``max_workspace_bytes`` if smaller. Each slab
 reads the input rows it needs (with its own share of the padding) and runs the unchunked
 kernel on them; the slabs are concatenated. Every output element goes through the same
 unfold / fold sums in the same order as without chunking. Chunks over the batch run the
@@ -124,7 +124,10 @@ _AUTO_WORKSPACE = 8 * 2**20
 
 
 def _workspace(limit: int | None, one_position: int) -> int:
-    return limit if limit is not None else max(_AUTO_WORKSPACE, one_position)
+    # a limit above the default slab size caps the slabs but does not enlarge them:
+    # larger slabs fall out of cache and run up to 2x slower
+    auto = max(_AUTO_WORKSPACE, one_position)
+    return auto if limit is None else min(limit, auto)
 
 
 def _span(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
