@@ -561,6 +561,27 @@ def test_fold_every_dtype_equals_reference(case, dtype):
     assert torch.equal(got, ref_fold(y, *case.fold_args()))
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("case", params([*CASES_2D, *CASES_ND]))
+def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
+    """fold takes one scatter_add_ pass when output rows are short (fewer than _SHORT_ROW
+    blocks) and strided phase adds otherwise; both sum every element's blocks in the same
+    order, so random values (where order matters) agree bitwise, flipped kernels too."""
+    patches = sys.modules["nfold.patches"]
+    y = make_tensor(case.cols_shape(), dtype, seed=69)
+    x = make_tensor(case.shape, F64, seed=70)
+    transposed_args = (case.kernel_size, case.stride, 0, 0, case.dilation)
+    results = []
+    for short_row in (0, 1 << 30):  # never / always scatter
+        monkeypatch.setattr(patches, "_SHORT_ROW", short_row)
+        xr = x.clone().requires_grad_()
+        out = nfold.unfold_transpose(xr, *transposed_args)
+        (grad,) = torch.autograd.grad(out, xr, torch.ones_like(out).cumsum(-1).sin())
+        results.append((nfold.fold(y, *case.fold_args()), grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize(
     "dtype",
     [torch.uint8, torch.int8, torch.int16, torch.uint16, torch.uint32, torch.uint64],
