@@ -522,6 +522,39 @@ def test_batch_tiles_equal_one_tile(transposed: bool, monkeypatch) -> None:
         assert_rel(tiled, want, 1e-14)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_weight_matmul_reads_the_weight_in_place_bitwise(groups: int) -> None:
+    """One group: bmm over the expanded (stride-0) weight, no copies; the same bits as
+    torch.matmul's broadcast, which copies the weight per sample."""
+    mod = sys.modules["nfold.conv"]
+    gen = torch.Generator().manual_seed(12)
+    w = torch.randn(groups, 5, 7, generator=gen)
+    t = torch.randn(4, groups, 7, 9, generator=gen)
+    assert torch.equal(mod._weight_matmul(w, t), torch.matmul(w, t))
+    assert torch.equal(
+        mod._weight_matmul(w.transpose(1, 2), t[:, :, :5]), torch.matmul(w.mT, t[:, :, :5])
+    )
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride"), [((4, 2), (4, 2)), ((1, 1), (1, 1))], ids=["patchify", "1x1"]
+)
+def test_patchify_and_pointwise_equal_reshape_matmul_and_torch(kernel, stride) -> None:
+    """stride == kernel: the unfolded matrix is a permutation of the input (no tiles)."""
+    from nfold.bench import _patch_matmul
+
+    gen = torch.Generator().manual_seed(13)
+    x = torch.randn(5, 3, 8, 6, generator=gen, dtype=F64)
+    w = torch.randn(7, 3, *kernel, generator=gen, dtype=F64)
+    b = torch.randn(7, generator=gen, dtype=F64)
+    ref, ref_grads, g = _value_and_grads(lambda x, w, b: F.conv2d(x, w, b, stride), x, w, b)
+    out, grads, _ = _value_and_grads(lambda x, w, b: conv(x, w, b, stride), x, w, b, g)
+    assert_rel(out, _patch_matmul(x, w, b, kernel), 1e-15)
+    assert_rel(out, ref, 1e-14)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert_rel(got, want, 1e-14)
+
+
 def _intermediate_bytes(monkeypatch, transposed: bool, limit: int | None) -> list[int]:
     """Bytes of every unfolded matrix and matmul result of a forward pass."""
     mod = sys.modules["nfold.conv"]

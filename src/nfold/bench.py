@@ -91,7 +91,7 @@ QUICK_LAYERS = ("conv2", "conv3", "conv7")
 MEMORY_MIN_BYTES = 1 << 20  # RSS counters are per-thread batched: ~0.25 MB slack
 DATA_OPS = ("unfold", "unfold+bwd", "fold", "fold+bwd", "unfold_transpose")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-PEER_ORDER = ("copy floor", "torch", "unfoldNd", "naive", "torchnd", "unchunked")
+PEER_ORDER = ("copy floor", "torch", "unfoldNd", "naive", "torchnd", "unchunked", "reshape+matmul")
 MIB = 1 << 20
 
 
@@ -231,6 +231,9 @@ def suite(quick: bool = False, tiny: bool = False, batch_size: int | None = None
     for s in (1, 2):
         conv_rows("3-d " + _geom_name(vol, 3, s, 1) + f" ->{2 * vol[1]}", vol, 2 * vol[1], 3, s, 1)
     conv_rows("4-d " + _geom_name(lf, 3, 1, 1) + f" ->{2 * lf[1]}", lf, 2 * lf[1], 3, 1, 1)
+    # ViT-B/16's stem: a "patchify" conv (stride == kernel), whose unfold is a permutation
+    img, patch, dim = ((1, 3, 32, 32), 16, 4) if tiny else ((b, 3, 224, 224), 16, 768)
+    conv_rows("patchify " + _geom_name(img, patch, patch, 0) + f" ->{dim}", img, dim, patch, patch)
 
     if not quick:
         ws: tuple[int, ...] = (1, 2, 16, 16, 16) if tiny else (1, 16, 128, 128, 128)
@@ -388,6 +391,8 @@ def build(row: Row) -> Built:
         impls["nfold"] = lambda: conv(x, w, bias, max_workspace_bytes=row.max_workspace_bytes, **kw)
         if row.op == "conv workspace":
             impls["unchunked"] = lambda: conv(x, w, bias, **kw)
+        if _is_patchify(row):
+            impls["reshape+matmul"] = lambda: _patch_matmul(x, w, bias, k)
         if n <= 3:
             torch_conv = getattr(F, f"conv{n}d")
             impls["torch"] = lambda: torch_conv(x, w, bias, **kw)
@@ -408,6 +413,31 @@ def build(row: Row) -> Built:
         return Built(impls, 4 * math.prod(out_shape), 0, rtol=1e-3, atol=1e-3)
 
     raise ValueError(f"unknown op {row.op!r}")
+
+
+def _is_patchify(row: Row) -> bool:
+    """stride == kernel (1x1 kernels included), no padding or dilation, one group, and
+    sizes that the kernel divides: unfold is a reshape and a permutation."""
+    return (
+        row.groups == 1
+        and row.stride == row.kernel
+        and not any(row.padding)
+        and all(d == 1 for d in row.dilation)
+        and all(sz % k == 0 for sz, k in zip(row.shape[2:], row.kernel, strict=True))
+    )
+
+
+def _patch_matmul(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor, k: tuple[int, ...]
+) -> torch.Tensor:
+    """The baseline for patchify rows: reshape -> permute -> reshape -> matmul."""
+    b, c, n = x.shape[0], x.shape[1], len(k)
+    blocks = [size // kk for size, kk in zip(x.shape[2:], k, strict=True)]
+    split = x.reshape(b, c, *(v for pair in zip(blocks, k, strict=True) for v in pair))
+    order = (0, 1, *(3 + 2 * i for i in range(n)), *(2 + 2 * i for i in range(n)))
+    cols = split.permute(order).reshape(b, c * _args.prod(k), _args.prod(blocks))
+    out = w.reshape(w.shape[0], -1) @ cols
+    return out.view(b, w.shape[0], *blocks) + bias.view(-1, *(1,) * n)
 
 
 def _padded_args(x: torch.Tensor, row: Row) -> tuple[Any, ...]:
@@ -768,7 +798,7 @@ def plot(result: dict[str, Any], path: str) -> None:
             by_op.setdefault(rec["op"], []).append(rec)
     if not by_op:
         by_op = {"(no timed rows)": []}
-    palette = ("#8c8c8c", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
+    palette = ("#8c8c8c", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
     colors = dict(zip(PEER_ORDER, palette, strict=True))
     peers = _peers_of([r for recs in by_op.values() for r in recs])
     ratios = [v for recs in by_op.values() for r in recs for v in r["ratios"].values()]

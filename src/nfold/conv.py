@@ -236,7 +236,12 @@ _TILE_BYTES = 8 * 2**20
 _Spec = tuple
 
 
-def _tiles(batch: int, sample_bytes: int) -> list[tuple[int, int]]:
+def _tiles(batch: int, sample_bytes: int, input_bytes: int = 0) -> list[tuple[int, int]]:
+    """Batch ranges whose unfolded matrix is about _TILE_BYTES; a single range when the
+    unfolded matrix is no larger than the input (1x1 or patchify kernels: nothing to
+    keep in cache, and one wide GEMM with no concatenation is faster)."""
+    if sample_bytes <= input_bytes:
+        return [(0, batch)]
     step = max(1, _TILE_BYTES // max(sample_bytes, 1))
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
 
@@ -255,6 +260,18 @@ def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
+def _weight_matmul(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``w @ t`` per sample: ``(G, P, Q)`` @ ``(n, G, Q, L)`` -> ``(n, G, P, L)``.
+
+    torch.matmul broadcasts ``w`` over the batch by copying it n times; with one group, a
+    bmm reads the expanded (stride-0) weight in place instead, with the same result bits.
+    """
+    n, g = t.shape[:2]
+    if g > 1:
+        return torch.matmul(w, t)
+    return torch.bmm(w.expand(n, *w.shape[1:]), t.reshape(n, *t.shape[2:])).unsqueeze(1)
+
+
 def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Tensor:
     """``(n, C_in, *S)`` -> ``(n, G, C_in/G * prod(k), L)``."""
     cols = x if _pointwise(geom) else _unfold(x, geom)
@@ -269,8 +286,8 @@ def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor
     w_mat = w.reshape(g, c_out // g, -1)
     sample = x.shape[1] * _args.prod(kernel) * length * x.element_size()
     pieces = [
-        torch.matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
-        for i, n in _tiles(x.shape[0], sample)
+        _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
+        for i, n in _tiles(x.shape[0], sample, _args.prod(x.shape[1:]) * x.element_size())
     ]
     return _cat(pieces).reshape(x.shape[0], c_out, *outs)
 
@@ -286,10 +303,10 @@ def _conv_backward(
     rows = x.shape[1] * _args.prod(geom[0])
     sample = rows * length * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample):
+    for i, n in _tiles(x.shape[0], sample, _args.prod(x.shape[1:]) * x.element_size()):
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
-            grad_cols = torch.matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
+            grad_cols = _weight_matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
             spatial = tuple(x.shape[2:])
             grad_x.append(
                 grad_cols.reshape(n, rows, *spatial)
@@ -318,7 +335,7 @@ def _conv_transpose_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> to
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
     pieces = []
     for i, n in _tiles(x.shape[0], sample):
-        cols = torch.matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
+        cols = _weight_matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
         rows = g * w_t.shape[1]
         cols = cols.reshape(n, rows, positions)
         pieces.append(cols.reshape(n, rows, *size) if _pointwise(geom) else _fold(cols, size, geom))
@@ -341,7 +358,7 @@ def _conv_transpose_backward(
         cols = go if _pointwise(geom) else _unfold(go, geom)
         cols = cols.reshape(n, g, w_t.shape[1], positions)
         if needs[0]:
-            part_x = torch.matmul(w_t.transpose(1, 2).conj(), cols)
+            part_x = _weight_matmul(w_t.transpose(1, 2).conj(), cols)
             grad_x.append(part_x.reshape(n, c_in, *x.shape[2:]))
         if needs[1]:
             xs = x.narrow(0, i, n).reshape(n, g, c_in // g, positions)
@@ -482,7 +499,7 @@ def conv(
                 c_in * k_numel * cols,  # unfolded matrix
                 c_out * cols,  # matmul result
                 c_in * _args.prod(padded),  # padded (or copied) input slab
-                w_numel if batch > 1 else 0,  # weight broadcast over the batch by matmul
+                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
             )
         )
 
@@ -603,7 +620,7 @@ def conv_transpose(
                 c_out * k_numel * _args.prod(sp),  # columns before fold
                 c_out * _args.prod(os),  # folded slab
                 c_in * _args.prod(sp),  # input slab (copied if not contiguous)
-                w_numel if batch > 1 else 0,  # weight broadcast over the batch by matmul
+                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
             )
         )
 
