@@ -13,6 +13,8 @@ Peers:
                 ``(B, C*prod(k), L)`` (for unfold_transpose: of its output); once for a
                 forward, twice for forward+backward (each pass moves that matrix once).
                 No im2col/col2im can beat it by much.
+    GEMM floor  conv rows: the conv's matrix products alone (torch.matmul on an unfolded
+                matrix built beforehand), as nfold runs them; no unfold+GEMM conv beats it.
     torch       ``torch.nn.functional.unfold``/``fold`` (N = 2 only; other padding
                 modes go through ``F.pad`` first), ``F.conv{N}d`` (N <= 3).
     unfoldNd    ``unfoldNd.unfoldNd``/``foldNd``/``unfold_transposeNd`` (N <= 3), if installed.
@@ -20,6 +22,7 @@ Peers:
                 dim -> permute -> reshape (forward+backward of unfold only).
     torchnd     ``torchnd.conv_nd`` (PyPI ``torchnd``) for N = 4 convolutions, if installed.
     unchunked   nfold's conv without ``max_workspace_bytes`` (workspace rows).
+    reshape+matmul  patchify and 1x1 conv rows: reshape -> permute -> matmul.
 
 Peak memory is measured in one fresh subprocess (so the timing process's heap does not
 matter): glibc is told to return every allocation >= 64 KiB to the OS on free
@@ -91,7 +94,17 @@ QUICK_LAYERS = ("conv2", "conv3", "conv7")
 MEMORY_MIN_BYTES = 1 << 20  # RSS counters are per-thread batched: ~0.25 MB slack
 DATA_OPS = ("unfold", "unfold+bwd", "fold", "fold+bwd", "unfold_transpose")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-PEER_ORDER = ("copy floor", "torch", "unfoldNd", "naive", "torchnd", "unchunked", "reshape+matmul")
+PEER_ORDER = (
+    "copy floor",
+    "GEMM floor",
+    "torch",
+    "unfoldNd",
+    "naive",
+    "torchnd",
+    "unchunked",
+    "reshape+matmul",
+)
+FLOORS = ("copy floor", "GEMM floor")  # bounds, not results: neither checked nor measured
 MIB = 1 << 20
 
 
@@ -306,6 +319,7 @@ class Built:
     impls: Impls
     out_bytes: int
     floor_bytes: int  # bytes of the matrix the copy floor clones (0: no floor)
+    gemm_floor: Callable[[], Any] | None = None  # conv rows: their GEMMs alone
     rtol: float = 1.3e-6
     atol: float = 1e-5
     note: str = ""
@@ -409,10 +423,37 @@ def build(row: Row) -> Built:
                 t.requires_grad_(True)
             g = randn(*out_shape)
             impls = {name: _grad_of(f, (x, w, bias), g) for name, f in impls.items()}
+        gemms = _gemm_floor(x.detach(), w.detach(), row, backward=row.op == "conv+bwd")
         # float32 sums of up to ~1e5 products in a different order: round-off, not bugs.
-        return Built(impls, 4 * math.prod(out_shape), 0, rtol=1e-3, atol=1e-3)
+        return Built(impls, 4 * math.prod(out_shape), 0, gemms, rtol=1e-3, atol=1e-3)
 
     raise ValueError(f"unknown op {row.op!r}")
+
+
+def _gemm_floor(
+    x: torch.Tensor, w: torch.Tensor, row: Row, backward: bool
+) -> Callable[[], Any] | None:
+    """The conv's GEMMs alone, on an unfolded matrix built beforehand, shaped as nfold
+    runs them: per-sample ``W @ cols``; for backward also ``W^T @ grad`` and one
+    ``grad @ cols^T`` with the batch merged into the contraction. None for a workspace row
+    (its unfolded matrix is gigabytes)."""
+    if row.max_workspace_bytes is not None:
+        return None
+    b, g, c_out = x.shape[0], row.groups, row.out_channels
+    cols = unfold(x, row.kernel, row.dilation, row.padding, row.stride)
+    length = cols.shape[2]
+    cols = cols.view(b, g, -1, length)
+    w_mat = w.reshape(g, c_out // g, -1)
+    if not backward:
+        return lambda: torch.matmul(w_mat, cols)
+    grad = torch.randn(b, g, c_out // g, length)
+    cols_rows = cols.permute(1, 2, 0, 3).reshape(g, -1, b * length)
+    grad_rows = grad.permute(1, 2, 0, 3).reshape(g, c_out // g, b * length)
+    return lambda: (
+        torch.matmul(w_mat, cols),
+        torch.matmul(w_mat.mT, grad),
+        torch.matmul(grad_rows, cols_rows.mT),
+    )
 
 
 def _is_patchify(row: Row) -> bool:
@@ -458,7 +499,7 @@ def _check(results: dict[str, Any], built: Built) -> dict[str, str]:
     ref = ref if isinstance(ref, tuple) else (ref,)
     status = {}
     for name, got in results.items():
-        if name in ("nfold", "copy floor") or got is None:
+        if name == "nfold" or name in FLOORS or got is None:
             continue
         got = got if isinstance(got, tuple) else (got,)
         try:
@@ -524,6 +565,8 @@ def bench_row(row: Row, min_run_time: float) -> dict[str, Any]:
     impls = dict(built.impls)
     if built.floor_bytes:
         impls["copy floor"] = _floor(built.floor_bytes, 2 if row.op.endswith("+bwd") else 1)
+    if built.gemm_floor is not None:
+        impls["GEMM floor"] = built.gemm_floor
     results: dict[str, Any] = {}
     for name, fn in impls.items():
         try:
@@ -697,7 +740,7 @@ def render_table(result: dict[str, Any]) -> str:
         by_op.setdefault(rec["op"], []).append(rec)
     for op, records in by_op.items():
         peers = _peers_of(records)
-        mem_names = ["nfold", *[p for p in peers if p != "copy floor"]]
+        mem_names = ["nfold", *[p for p in peers if p not in FLOORS]]
         has_mem = any(rec.get("memory") for rec in records)
         head = ["config", "nfold ms"] + [f"÷ {p}" for p in peers]
         if op in ("unfold scaling",):
@@ -798,7 +841,8 @@ def plot(result: dict[str, Any], path: str) -> None:
             by_op.setdefault(rec["op"], []).append(rec)
     if not by_op:
         by_op = {"(no timed rows)": []}
-    palette = ("#8c8c8c", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+    palette = ["#8c8c8c", "#bcbd22", "#d62728", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    palette.append("#8c564b")
     colors = dict(zip(PEER_ORDER, palette, strict=True))
     peers = _peers_of([r for recs in by_op.values() for r in recs])
     ratios = [v for recs in by_op.values() for r in recs for v in r["ratios"].values()]
