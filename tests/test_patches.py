@@ -572,14 +572,16 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
     x = make_tensor(case.shape, F64, seed=70)
     transposed_args = (case.kernel_size, case.stride, 0, 0, case.dilation)
     results = []
-    for short_row in (0, 1 << 30):  # never / always scatter
+    # never scatter; always scatter; always, one plane per padded chunk
+    for short_row, chunk in ((0, 1 << 20), (1 << 30, 1 << 20), (1 << 30, 1)):
         monkeypatch.setattr(patches, "_SHORT_ROW", short_row)
+        monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", chunk)
         xr = x.clone().requires_grad_()
         out = nfold.unfold_transpose(xr, *transposed_args)
         (grad,) = torch.autograd.grad(out, xr, torch.ones_like(out).cumsum(-1).sin())
         results.append((nfold.fold(y, *case.fold_args()), grad))
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+    for fold_out, grad in results[1:]:
+        assert torch.equal(fold_out, results[0][0]) and torch.equal(grad, results[0][1])
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,8 @@ _SHORT_ROW = 16
 
 
 def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
-    """fold as one ``scatter_add_`` pass into the zero-padded output, then the crop.
+    """fold as ``scatter_add_`` passes into a zero-padded buffer, cropped into the output,
+    a chunk of planes at a time (so the padded copy never exceeds _PAD_CHUNK_BYTES).
 
     On the CPU scatter_add_ walks each row's index in order (on GPUs it uses atomics), so
     every output element still receives its blocks in row-major kernel-offset order,
@@ -142,16 +143,23 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     positions = torch.arange(_args.prod(padded), device=y.device).view(1, 1, *padded)
     index = _unfold_forward(positions, (kernel, dilation, ((0, 0),) * len(kernel), stride, flip))
     batch, channels = y.shape[0], y.shape[1] // _args.prod(kernel)
-    out = torch.zeros((batch * channels, _args.prod(padded)), dtype=y.dtype, device=y.device)
-    src = y.view(batch * channels, index.numel())
-    out.scatter_add_(1, index.view(1, -1).expand(batch * channels, -1), src)
-    out = out.view(batch, channels, *padded)
+    rows = batch * channels
+    src = y.view(rows, index.numel())
+
+    def scatter(part: torch.Tensor) -> torch.Tensor:
+        buf = torch.zeros((part.shape[0], _args.prod(padded)), dtype=y.dtype, device=y.device)
+        return buf.scatter_add_(1, index.view(1, -1).expand(part.shape[0], -1), part)
+
     if not any(p for pair in pads for p in pair):
-        return out
+        return scatter(src).view(batch, channels, *spatial)
+    out = torch.empty((rows, *spatial), dtype=y.dtype, device=y.device)
     crop: tuple[Any, ...] = tuple(
         slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads, strict=True)
     )
-    return out[(..., *crop)].contiguous()
+    step = max(1, _PAD_CHUNK_BYTES // (y.element_size() * _args.prod(padded)))
+    for r in range(0, rows, step):
+        out[r : r + step] = scatter(src[r : r + step]).view(-1, *padded)[(slice(None), *crop)]
+    return out.view(batch, channels, *spatial)
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
