@@ -529,7 +529,10 @@ def conv(
         new_hi = min(max(e - size, 0), e - a - new_lo)
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
-    out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, leaf)
+    if limit is None and k_numel * _args.prod(outs) <= _args.prod(x.shape[2:]):
+        out = leaf(x, pads, outs)  # 1x1 or patchify: no blow-up to keep cache-sized
+    else:
+        out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, leaf)
     if b is not None:
         out = out + b.view(-1, *(1,) * n)
     return out if batched else out.squeeze(0)
