@@ -80,6 +80,9 @@ def test_peers_present_where_they_apply(full_run: dict) -> None:
     assert "naive" in rows[f"unfold+bwd | {conv2}"]["ratios"]
     assert "torch" in rows[f"conv+bwd | {conv2}"]["ratios"]
     assert "unchunked" in next(r for r in rows.values() if r["op"] == "conv workspace")["ratios"]
+    assert "GEMM floor" in rows[f"conv+bwd | {conv2}"]["ratios"]
+    patchify = [r for r in rows.values() if r["config"].startswith("patchify")]
+    assert patchify and all("reshape+matmul" in r["ratios"] for r in patchify)
     if bench._optional("unfoldNd") is not None:
         assert "unfoldNd" in rows[f"fold | {conv2}"]["ratios"]
     if bench._optional("torchnd") is not None:
@@ -92,6 +95,20 @@ def test_memory_is_measured(quick_run: dict) -> None:
         pytest.skip("no /proc/self/clear_refs: peak memory is not measured here")
     rows = quick_run["json"]["rows"]
     assert all("nfold" in rec["memory"] for rec in rows)
+
+
+def test_chunked_conv_holds_about_two_outputs() -> None:
+    """max_workspace_bytes bounds the intermediates; input slabs are copied one at a time
+    and the bias is added slab by slab, so the peak is about two outputs (the slabs and
+    their concatenation), not five."""
+    if bench._hwm_tools() is None:
+        pytest.skip("no /proc/self/clear_refs: peak memory is not measured here")
+    shape = (1, 8, 48, 48, 48)
+    row = bench._row(
+        "conv workspace", "t", shape, 3, 1, 1, out_channels=8, max_workspace_bytes=1 << 18
+    )
+    peak = bench.measure_memory([row], progress=False)[row.id]["nfold"]
+    assert peak <= 2.5 * 4 * math.prod(shape)
 
 
 def test_markdown_names_machine_and_ops(quick_run: dict) -> None:

@@ -23,7 +23,7 @@ order).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -205,22 +205,30 @@ def _chunked(
     return torch.cat([split(p, params, outs, 0) for p in parts], 0)
 
 
-def _slices(x: torch.Tensor, dim: int, ranges: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """``[x.narrow(dim, start, length) for start, length in ranges]`` (ranges may overlap),
-    built from one ``split`` so that backward assembles the gradient of ``x`` once instead
-    of materialising a zero-padded full-size gradient per slab."""
+def _slices(x: torch.Tensor, dim: int, ranges: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
+    """``x.narrow(dim, start, length)`` for each range (ranges may overlap), built from one
+    ``split`` so that backward assembles the gradient of ``x`` once instead of
+    materialising a zero-padded full-size gradient per slab. Lazily: a slab that spans
+    several pieces is a copy, made only when its turn comes."""
     size = x.shape[dim]
     cuts = sorted({0, size} | {min(a, size) for a, _ in ranges} | {a + n for a, n in ranges})
     pieces = torch.split(x, [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)], dim)
     first = {a: i for i, a in enumerate(cuts)}
-    out = []
     for a, length in ranges:
         if length == 0:
-            out.append(x.narrow(dim, min(a, size), 0))
+            yield x.narrow(dim, min(a, size), 0)
             continue
         run = pieces[first[a] : first[a + length]]
-        out.append(run[0] if len(run) == 1 else torch.cat(run, dim))
-    return out
+        yield run[0] if len(run) == 1 else torch.cat(run, dim)
+
+
+def _add_bias(leaf: _Leaf, bias: torch.Tensor | None, n: int) -> _Leaf:
+    """Add the bias slab by slab: each unbiased slab is freed at once, so the output is not
+    held a second time before the slabs are concatenated."""
+    if bias is None:
+        return leaf
+    per_channel = bias.view(-1, *(1,) * n)
+    return lambda x, ps, os: leaf(x, ps, os) + per_channel
 
 
 # --------------------------------------------------------------------------- kernels
@@ -529,12 +537,11 @@ def conv(
         new_hi = min(max(e - size, 0), e - a - new_lo)
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
+    biased = _add_bias(leaf, b, n)
     if limit is None and k_numel * _args.prod(outs) <= _args.prod(x.shape[2:]):
-        out = leaf(x, pads, outs)  # 1x1 or patchify: no blow-up to keep cache-sized
+        out = biased(x, pads, outs)  # 1x1 or patchify: no blow-up to keep cache-sized
     else:
-        out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, leaf)
-    if b is not None:
-        out = out + b.view(-1, *(1,) * n)
+        out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, biased)
     return out if batched else out.squeeze(0)
 
 
@@ -664,7 +671,5 @@ def conv_transpose(
             return min(first, size), 0, 0
         return first, last - first + 1, u0 - first * st[i]
 
-    out = _chunked(x, pad_, outs, _workspace(limit, one), cost, slab, leaf)
-    if b is not None:
-        out = out + b.view(-1, *(1,) * n)
+    out = _chunked(x, pad_, outs, _workspace(limit, one), cost, slab, _add_bias(leaf, b, n))
     return out if batched else out.squeeze(0)
