@@ -561,21 +561,37 @@ def test_fold_every_dtype_equals_reference(case, dtype):
     assert torch.equal(got, ref_fold(y, *case.fold_args()))
 
 
+DISJOINT_CASES = [
+    Case("patches_k3x2", (2, 3, 9, 8), (3, 2), stride=(3, 2)),
+    Case("patches_d2_s3_border", (2, 2, 9, 11), 2, dilation=2, stride=3),
+    Case("3d_patches_s_gt_k", (1, 2, 4, 7, 5), 2, stride=(2, 3, 2)),
+]
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("case", params([*CASES_2D, *CASES_ND]))
+@pytest.mark.parametrize("case", params([*CASES_2D, *CASES_ND, *DISJOINT_CASES]))
 def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
     """fold takes one scatter_add_ pass when output rows are short (fewer than _SHORT_ROW
-    blocks) and strided phase adds otherwise; both sum every element's blocks in the same
-    order, so random values (where order matters) agree bitwise, flipped kernels too."""
+    blocks), one strided add when blocks do not overlap, and strided phase adds
+    otherwise; all sum every element's blocks in the same order, so random values (where
+    order matters) agree bitwise, flipped kernels too."""
     patches = sys.modules["nfold.patches"]
     y = make_tensor(case.cols_shape(), dtype, seed=69)
     x = make_tensor(case.shape, F64, seed=70)
     transposed_args = (case.kernel_size, case.stride, 0, 0, case.dilation)
     results = []
-    # never scatter; always scatter; always, one plane per padded chunk
-    for short_row, chunk in ((0, 1 << 20), (1 << 30, 1 << 20), (1 << 30, 1)):
+    disjoint = patches._disjoint
+    # phase adds only; phases or one add for disjoint blocks; always scatter; always
+    # scatter, one plane per padded chunk
+    for short_row, chunk, fast in (
+        (0, 1 << 20, False),
+        (0, 1 << 20, True),
+        (1 << 30, 1 << 20, True),
+        (1 << 30, 1, True),
+    ):
         monkeypatch.setattr(patches, "_SHORT_ROW", short_row)
         monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", chunk)
+        monkeypatch.setattr(patches, "_disjoint", disjoint if fast else lambda geom: False)
         xr = x.clone().requires_grad_()
         out = nfold.unfold_transpose(xr, *transposed_args)
         (grad,) = torch.autograd.grad(out, xr, torch.ones_like(out).cumsum(-1).sin())

@@ -5,8 +5,9 @@ One geometry serves all three ops: a block grid given by ``kernel_size``,
 ``dilation``, per-side zero padding and ``stride`` (and, for the transposed im2col,
 a flipped kernel). unfold copies a strided view once (zero-padding the input a chunk at
 a time); fold, its adjoint, adds the prod(kernel_size) strided slices into a zeroed
-output in a fixed order (for short rows, one scatter_add_ pass in that same order). Each
-is the other's backward, so derivatives of every order are exact.
+output in a fixed order (for short rows, one scatter_add_ pass in that same order; for
+blocks that do not overlap, one strided add). Each is the other's backward, so
+derivatives of every order are exact.
 """
 
 from __future__ import annotations
@@ -162,6 +163,14 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     return out.view(batch, channels, *spatial)
 
 
+def _disjoint(geom: Geometry) -> bool:
+    """Blocks that never overlap (stride >= span in every dim: patches), unpadded, unflipped."""
+    kernel, dilation, pads, stride, flip = geom
+    spans = (d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    no_pad = not any(p for pair in pads for p in pair)
+    return not flip and no_pad and all(s >= span for s, span in zip(stride, spans, strict=True))
+
+
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
     """``(B, C*prod(k), L)`` -> ``(B, C, *spatial)``.
 
@@ -187,6 +196,10 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
         return _fold_scatter(y, spatial, geom)
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
+    if _disjoint(geom):  # each element gets at most one term, 0 + x: one strided add
+        n = len(kernel)
+        _window_view(out, geom).add_(cols.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n)))
+        return out if acc == y.dtype else out.to(y.dtype)
     plans = [
         _phase_plan(size, k, d, lo, s, nb, flip)
         for size, k, d, (lo, _), s, nb in zip(
