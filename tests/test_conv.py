@@ -439,9 +439,9 @@ def test_gradcheck_and_gradgradcheck(name: str, transposed: bool) -> None:
 # --------------------------------------------------------------------------- chunking
 
 
-def _chunk_case(transposed: bool):
+def _chunk_case(transposed: bool, spatial: tuple[int, int] = (9, 7)):
     gen = torch.Generator().manual_seed(11)
-    x = torch.randn(3, 4, 9, 7, generator=gen, dtype=F64)
+    x = torch.randn(3, 4, *spatial, generator=gen, dtype=F64)
     if transposed:
         w = torch.randn(4, 3, 3, 2, generator=gen, dtype=F64)
         kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), dilation=(1, 2), groups=2)
@@ -505,13 +505,15 @@ def test_blas_columns_depend_on_width() -> None:
     assert_rel(w @ c[:, :7], full[:, :7], 1e-14)
 
 
+@pytest.mark.parametrize("spatial", [(9, 7), (4, 3)], ids=["long_rows", "short_rows"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
-def test_batch_tiles_equal_one_tile(transposed: bool, monkeypatch) -> None:
+def test_batch_tiles_equal_one_tile(transposed: bool, spatial, monkeypatch) -> None:
     """Work goes in batch tiles of about _TILE_BYTES. Forward and input gradient run the
-    very same per-sample matmuls whatever the tiling (bitwise); conv's weight gradient
-    merges a tile's batch into one GEMM (K = n * L), so it agrees to round-off."""
+    very same per-sample matmuls whatever the tiling (bitwise). Weight gradients are sums
+    over tiles; for conv with fewer output positions than rows of the unfolded matrix
+    (short_rows) a tile's batch is merged into one GEMM (K = n * L). To round-off."""
     fn, torch_fn = (conv_transpose, torch_conv_transpose) if transposed else (conv, torch_conv)
-    x, w, b, kw = _chunk_case(transposed)
+    x, w, b, kw = _chunk_case(transposed, spatial)
     ref, ref_grads, g = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b)
     monkeypatch.setattr(sys.modules["nfold.conv"], "_TILE_BYTES", 1)  # a sample per tile
     out, grads, _ = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b, g)

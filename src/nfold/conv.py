@@ -322,13 +322,18 @@ def _conv_backward(
                 else _fold(grad_cols, spatial, geom)
             )
         if needs[1]:
-            # one GEMM per group with the tile's batch merged into the contraction
-            # (K = n * L): per-sample products summed afterwards are slow when L is small
             xs = x.narrow(0, i, n)
-            cols = xs if _pointwise(geom) else _unfold(xs, geom, rows_first=True)
-            cols = cols.transpose(0, 1).reshape(g, rows // g, n * length)
-            go_rows = go.permute(1, 2, 0, 3).reshape(g, c_out // g, n * length)
-            part = torch.matmul(go_rows, cols.transpose(1, 2).conj())
+            if rows // g > length:
+                # per-sample products (n x C_out x rows) would outweigh a permuted copy
+                # of the gradient (n x C_out x L): one GEMM per group with the batch
+                # merged into the contraction (K = n * L)
+                cols = xs if _pointwise(geom) else _unfold(xs, geom, rows_first=True)
+                cols = cols.transpose(0, 1).reshape(g, rows // g, n * length)
+                go_rows = go.permute(1, 2, 0, 3).reshape(g, c_out // g, n * length)
+                part = torch.matmul(go_rows, cols.transpose(1, 2).conj())
+            else:
+                cols = _conv_cols(xs, geom, g, length)
+                part = torch.matmul(go, cols.transpose(2, 3).conj()).sum(0)
             grad_w = part if grad_w is None else grad_w + part
     return (
         _cat(grad_x) if needs[0] else None,
