@@ -897,13 +897,14 @@ def plot(result: dict[str, Any], path: str) -> None:
         f"nfold time / peer time (log; < 1 nfold faster)   —   {m['preset']} run, "
         f"torch {m['torch']}, {m['cores']} cores, {m['date']}",
         fontsize=11,
+        y=0.998,
     )
     handles = [Patch(color=colors[p], label=f"÷ {p}") for p in peers]
     if handles:
         fig.legend(
             handles=handles,
             loc="upper center",
-            ncol=len(handles),
+            ncol=min(len(handles), 4),
             fontsize=9,
             bbox_to_anchor=(0.5, 1 - 0.35 / (1.2 + 0.085 * units)),
             frameon=False,
