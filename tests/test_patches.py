@@ -590,6 +590,7 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
         (1 << 30, 1, True),
     ):
         monkeypatch.setattr(patches, "_SHORT_ROW", short_row)
+        monkeypatch.setattr(patches, "_INDEX_SHARE", float("inf"))
         monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", chunk)
         monkeypatch.setattr(patches, "_disjoint", disjoint if fast else lambda geom: False)
         xr = x.clone().requires_grad_()
@@ -598,6 +599,19 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
         results.append((nfold.fold(y, *case.fold_args()), grad))
     for fold_out, grad in results[1:]:
         assert torch.equal(fold_out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def test_fold_scatter_only_when_its_index_is_small(monkeypatch):
+    """scatter_add_'s int64 index has one entry per column, shared by every plane: with
+    few planes it would outweigh the input, so fold adds phases instead."""
+    patches = sys.modules["nfold.patches"]
+    calls = []
+    real = patches._fold_scatter
+    monkeypatch.setattr(patches, "_fold_scatter", lambda *a: calls.append(1) or real(*a))
+    for planes, expected in ((1, 0), (16, 1)):  # float32: index = 2x / (1/8)x the input
+        y = make_tensor((planes, 9, 6 * 5), torch.float32, seed=71)
+        assert torch.equal(nfold.fold(y, (8, 7), 3), F.fold(y, (8, 7), 3))
+        assert len(calls) == expected
 
 
 @pytest.mark.parametrize(
