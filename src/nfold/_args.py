@@ -232,6 +232,20 @@ def prod(values: Sequence[int]) -> int:
     return math.prod(values)
 
 
+def has_padding(pads: Pads) -> bool:
+    return any(p for pair in pads for p in pair)
+
+
+def padded_size(spatial: Sequence[int], pads: Pads) -> tuple[int, ...]:
+    """``S + lo + hi`` per spatial dim."""
+    return tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+
+
+def span(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    """Extent of one (dilated) block per dim, ``d (k - 1) + 1``."""
+    return tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+
+
 _INT64_MAX = 2**63 - 1
 
 
@@ -292,7 +306,7 @@ def check_unfold_alloc(
     blocks = output_size(spatial, kernel, dilation, pads, stride)
     args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
             "padding": pads, "stride": stride}  # fmt: skip
-    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    padded = padded_size(spatial, pads)
     b, c = x.shape[:2]
     check_alloc(x, "unfold", args, padded_input=(b, c, *padded),
                 output=(b, c * prod(kernel), prod(blocks)))  # fmt: skip
@@ -332,7 +346,7 @@ def check_conv_alloc(
     """``conv``'s padded input, unfolded matrix (unless chunked) and output fit."""
     spatial, (b, c) = tuple(x.shape[2:]), x.shape[:2]
     outs = output_size(spatial, kernel, dilation, pads, stride)
-    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    padded = padded_size(spatial, pads)
     shapes = {"output": (b, c_out, *outs)}
     if padding_mode != "zeros" or not chunked:
         shapes["padded_input"] = (b, c, *padded)

@@ -130,10 +130,6 @@ def _workspace(limit: int | None, one_position: int) -> int:
     return auto if limit is None else min(limit, auto)
 
 
-def _span(kernel: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
-    return tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
-
-
 # --------------------------------------------------------------------------- chunking
 
 
@@ -244,11 +240,17 @@ _TILE_BYTES = 8 * 2**20
 _Spec = tuple
 
 
-def _tiles(batch: int, sample_bytes: int, input_bytes: int = 0) -> list[tuple[int, int]]:
-    """Batch ranges whose unfolded matrix is about _TILE_BYTES; a single range when the
-    unfolded matrix is no larger than the input (1x1 or patchify kernels: nothing to
-    keep in cache, and one wide GEMM with no concatenation is faster)."""
-    if sample_bytes <= input_bytes:
+def _expands(kernel: Sequence[int], spatial: Sequence[int], length: int) -> bool:
+    """Whether the unfolded matrix is larger than the input. It is not for 1x1 and
+    patchify kernels: then there is nothing to keep in cache, and one wide GEMM with no
+    tiles, slabs or concatenation is faster."""
+    return _args.prod(kernel) * length > _args.prod(spatial)
+
+
+def _tiles(batch: int, sample_bytes: int, expands: bool = True) -> list[tuple[int, int]]:
+    """Batch ranges whose unfolded matrix is about _TILE_BYTES (one range if it does not
+    expand the input)."""
+    if not expands:
         return [(0, batch)]
     step = max(1, _TILE_BYTES // max(sample_bytes, 1))
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
@@ -258,9 +260,7 @@ def _pointwise(geom: Geometry) -> bool:
     """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
     kernel, _, pads, stride, _ = geom
     return (
-        all(k == 1 for k in kernel)
-        and all(s == 1 for s in stride)
-        and not any(p for pair in pads for p in pair)
+        all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not _args.has_padding(pads)
     )
 
 
@@ -295,7 +295,7 @@ def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor
     sample = x.shape[1] * _args.prod(kernel) * length * x.element_size()
     pieces = [
         _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
-        for i, n in _tiles(x.shape[0], sample, _args.prod(x.shape[1:]) * x.element_size())
+        for i, n in _tiles(x.shape[0], sample, _expands(kernel, x.shape[2:], length))
     ]
     return _cat(pieces).reshape(x.shape[0], c_out, *outs)
 
@@ -311,7 +311,7 @@ def _conv_backward(
     rows = x.shape[1] * _args.prod(geom[0])
     sample = rows * length * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample, _args.prod(x.shape[1:]) * x.element_size()):
+    for i, n in _tiles(x.shape[0], sample, _expands(geom[0], x.shape[2:], length)):
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
             grad_cols = _weight_matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
@@ -504,7 +504,7 @@ def conv(
     def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
         cols = _args.prod(os)
         pairs: Pads = tuple(ps)  # type: ignore[arg-type]
-        padded = [s + lo + hi for s, (lo, hi) in zip(sp, pairs, strict=True)]
+        padded = _args.padded_size(sp, pairs)
         return (
             item
             * batch
@@ -516,8 +516,8 @@ def conv(
             )
         )
 
-    has_pad = any(p for pair in pads for p in pair) or mode != "zeros"
-    one = cost(1, _span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+    has_pad = _args.has_padding(pads) or mode != "zeros"
+    one = cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
@@ -543,8 +543,8 @@ def conv(
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
     biased = _add_bias(leaf, b, n)
-    if limit is None and k_numel * _args.prod(outs) <= _args.prod(x.shape[2:]):
-        out = biased(x, pads, outs)  # 1x1 or patchify: no blow-up to keep cache-sized
+    if limit is None and not _expands(kernel, x.shape[2:], _args.prod(outs)):
+        out = biased(x, pads, outs)
     else:
         out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, biased)
     return out if batched else out.squeeze(0)
@@ -624,7 +624,7 @@ def conv_transpose(
         out_pad = derived
     outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
     limit = _check_workspace(max_workspace_bytes)
-    span = _span(kernel, dil)
+    span = _args.span(kernel, dil)
     k_numel, item, w_numel = _args.prod(kernel), x.element_size(), w.numel()
 
     def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:

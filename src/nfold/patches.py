@@ -57,6 +57,11 @@ def _window_view(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     return x
 
 
+def _swap_grid_and_kernel(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``(B, C, *L, *k)`` <-> ``(B, C, *k, *L)`` (a view)."""
+    return t.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
+
+
 # Zero padding is applied to at most this many bytes of input at a time, so unfold's
 # peak memory is its output plus this, not plus a padded copy of the whole input.
 _PAD_CHUNK_BYTES = 1 << 20
@@ -65,10 +70,9 @@ _PAD_CHUNK_BYTES = 1 << 20
 def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
     """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the chunk budget."""
     batch, channels = x.shape[:2]
-    if not any(p for pair in pads for p in pair):
+    if not _args.has_padding(pads):
         return [(slice(None), slice(None))]
-    padded = [s + lo + hi for s, (lo, hi) in zip(x.shape[2:], pads, strict=True)]
-    plane = x.element_size() * _args.prod(padded)
+    plane = x.element_size() * _args.prod(_args.padded_size(x.shape[2:], pads))
     if plane * channels <= _PAD_CHUNK_BYTES:
         step = max(1, _PAD_CHUNK_BYTES // max(plane * channels, 1))
         return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
@@ -94,7 +98,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     for chunk in _pad_chunks(x, pads):
         part = F.pad(x[chunk], flat_pads) if any(flat_pads) else x[chunk]
         view = _window_view(part, geom)
-        blocks = view.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))  # (b, c, *k, *L)
+        blocks = _swap_grid_and_kernel(view, n)  # (b, c, *k, *L)
         dst = cols[chunk]
         if flip:  # torch has no negative strides: copy one kernel offset at a time
             for offset in itertools.product(*(range(k) for k in kernel)):
@@ -143,7 +147,7 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     starting from zero: bitwise equal to the phase path.
     """
     kernel, dilation, pads, stride, flip = geom
-    padded = tuple(s + lo + hi for s, (lo, hi) in zip(spatial, pads, strict=True))
+    padded = _args.padded_size(spatial, pads)
     positions = torch.arange(_args.prod(padded), device=y.device).view(1, 1, *padded)
     index = _unfold_forward(positions, (kernel, dilation, ((0, 0),) * len(kernel), stride, flip))
     batch, channels = y.shape[0], y.shape[1] // _args.prod(kernel)
@@ -154,7 +158,7 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
         buf = torch.zeros((part.shape[0], _args.prod(padded)), dtype=y.dtype, device=y.device)
         return buf.scatter_add_(1, index.view(1, -1).expand(part.shape[0], -1), part)
 
-    if not any(p for pair in pads for p in pair):
+    if not _args.has_padding(pads):
         return scatter(src).view(batch, channels, *spatial)
     out = torch.empty((rows, *spatial), dtype=y.dtype, device=y.device)
     crop: tuple[Any, ...] = tuple(
@@ -169,9 +173,9 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
 def _disjoint(geom: Geometry) -> bool:
     """Blocks that never overlap (stride >= span in every dim: patches), unpadded, unflipped."""
     kernel, dilation, pads, stride, flip = geom
-    spans = (d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
-    no_pad = not any(p for pair in pads for p in pair)
-    return not flip and no_pad and all(s >= span for s, span in zip(stride, spans, strict=True))
+    spans = _args.span(kernel, dilation)
+    fits = all(s >= span for s, span in zip(stride, spans, strict=True))
+    return fits and not flip and not _args.has_padding(pads)
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
@@ -201,8 +205,7 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
     if _disjoint(geom):  # each element gets at most one term, 0 + x: one strided add
-        n = len(kernel)
-        _window_view(out, geom).add_(cols.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n)))
+        _window_view(out, geom).add_(_swap_grid_and_kernel(cols, len(kernel)))
         return out if acc == y.dtype else out.to(y.dtype)
     plans = [
         _phase_plan(size, k, d, lo, s, nb, flip)
