@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import _args
 from ._args import IntOrTuple, PaddingArg, Pads
-from .patches import Geometry, _check_pad_mode, _fold, _signature_once, _unfold, pad
+from .patches import Geometry, _check_pad_mode, _fold, _owning, _signature_once, _unfold, pad
 
 _Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
 _Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
@@ -397,7 +397,7 @@ class _BilinearCore(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:  # type: ignore[override]
-        return _FORWARD[spec[0]](x, w, spec)
+        return _owning(_FORWARD[spec[0]](x, w, spec))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]

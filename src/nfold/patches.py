@@ -230,6 +230,18 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     return out if acc == y.dtype else out.to(y.dtype)
 
 
+def _owning(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor that owns its view metadata (no copy).
+
+    Autograd forbids in-place ops on a view created inside a custom Function (they would
+    bypass its backward), so an output that is a reshape of a buffer made in ``forward``
+    would break ``relu_``, ``+=`` and ``ReLU(inplace=True)``. ``detach()`` gives the same
+    storage as a plain tensor (and costs ~1 us on any tensor). Only for buffers ``forward`` allocated itself: an alias of
+    an input would let in-place ops on the output silently change that input.
+    """
+    return t.detach()
+
+
 def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
     x = x.movedim(bdim, 0)
     v, b = x.shape[:2]
@@ -252,7 +264,7 @@ class _UnfoldCore(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, geom: Geometry, rows_first: bool) -> torch.Tensor:  # type: ignore[override]
-        return _unfold_forward(x, geom, rows_first)
+        return _owning(_unfold_forward(x, geom, rows_first))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
@@ -271,7 +283,7 @@ class _FoldCore(torch.autograd.Function):
 
     @staticmethod
     def forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:  # type: ignore[override]
-        return _fold_forward(y, spatial, geom)
+        return _owning(_fold_forward(y, spatial, geom))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
