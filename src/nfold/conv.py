@@ -23,14 +23,17 @@ order).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _args
+from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg, Pads
-from .patches import Geometry, _check_pad_mode, _fold, _owning, _signature_once, _unfold, pad
+from ._plan import Geometry, check_pad_mode
+from .patches import _fold, _owning, _signature_once, _unfold, pad
 
 _Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
 _Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
@@ -117,16 +120,13 @@ def _check_workspace(max_workspace_bytes: object) -> int | None:
     return int(max_workspace_bytes)  # type: ignore[call-overload]
 
 
-# Without max_workspace_bytes, work still goes in slabs of about this size: a slab's
-# unfolded matrix is consumed by its GEMM while it is still in cache, which is ~2x faster
-# for memory-bound (few-channel, 3-d and 4-d) convolutions than one huge matrix.
-_AUTO_WORKSPACE = 8 * 2**20
-
-
-def _workspace(limit: int | None, one_position: int) -> int:
-    # a limit above the default slab size caps the slabs but does not enlarge them:
-    # larger slabs fall out of cache and run up to 2x slower
-    auto = max(_AUTO_WORKSPACE, one_position)
+def _workspace(limit: int | None, one_position: int, device: torch.device) -> int:
+    """Slab budget. Without max_workspace_bytes, work still goes in slabs of the policy's
+    ``auto_workspace``: a slab's unfolded matrix is consumed by its GEMM while it is still
+    in cache, ~2x faster for memory-bound (few-channel, 3-d and 4-d) convolutions than one
+    huge matrix. A limit above that caps the slabs but does not enlarge them: larger slabs
+    fall out of cache and run up to 2x slower."""
+    auto = max(_plan.policy(device).auto_workspace, one_position)
     return auto if limit is None else min(limit, auto)
 
 
@@ -229,39 +229,45 @@ def _add_bias(leaf: _Leaf, bias: torch.Tensor | None, n: int) -> _Leaf:
 
 # --------------------------------------------------------------------------- kernels
 
-# The unfolded matrix is built and consumed in batch tiles of about this size, so that
-# unfold -> GEMM (and, in backward, unfold -> GEMM and GEMM -> fold) run while the tile
-# is still in cache. Tiles split the batch only, so every sample sees the very same GEMMs
-# whatever the tile size: results do not depend on it.
-_TILE_BYTES = 8 * 2**20
 
-# spec = ("conv", geometry, groups) or
-#        ("conv_transpose", fold geometry, fold size, F.pad extension, groups)
-_Spec = tuple
+class ConvSpec(NamedTuple):
+    """``conv`` of one slab: im2col with ``geometry``, then ``groups`` GEMMs."""
+
+    geometry: Geometry
+    groups: int
+
+
+class ConvTransposeSpec(NamedTuple):
+    """``conv_transpose`` of one slab: ``groups`` GEMMs, then col2im with ``geometry``
+    onto ``size``, then ``F.pad`` by ``extend`` (rows no input reaches)."""
+
+    geometry: Geometry
+    size: tuple[int, ...]
+    extend: tuple[int, ...]
+    groups: int
+
+
+_Spec = ConvSpec | ConvTransposeSpec
 
 
 def _expands(kernel: Sequence[int], spatial: Sequence[int], length: int) -> bool:
     """Whether the unfolded matrix is larger than the input. It is not for 1x1 and
     patchify kernels: then there is nothing to keep in cache, and one wide GEMM with no
     tiles, slabs or concatenation is faster."""
-    return _args.prod(kernel) * length > _args.prod(spatial)
+    return math.prod(kernel) * length > math.prod(spatial)
 
 
-def _tiles(batch: int, sample_bytes: int, expands: bool = True) -> list[tuple[int, int]]:
-    """Batch ranges whose unfolded matrix is about _TILE_BYTES (one range if it does not
-    expand the input)."""
+def _tiles(x: torch.Tensor, sample_bytes: int, expands: bool = True) -> list[tuple[int, int]]:
+    """Batch ranges of ``x`` whose unfolded matrix is about the policy's ``tile_bytes``
+    (one range if it does not expand the input), so that unfold -> GEMM (and, in
+    backward, unfold -> GEMM and GEMM -> fold) run while the tile is still in cache.
+    Tiles split the batch only, so every sample sees the very same GEMMs whatever the
+    tile size: results do not depend on it."""
+    batch = x.shape[0]
     if not expands:
         return [(0, batch)]
-    step = max(1, _TILE_BYTES // max(sample_bytes, 1))
+    step = max(1, _plan.policy(x.device).tile_bytes // max(sample_bytes, 1))
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
-
-
-def _pointwise(geom: Geometry) -> bool:
-    """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
-    kernel, _, pads, stride, _ = geom
-    return (
-        all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not _args.has_padding(pads)
-    )
 
 
 def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -282,43 +288,42 @@ def _weight_matmul(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Tensor:
     """``(n, C_in, *S)`` -> ``(n, G, C_in/G * prod(k), L)``."""
-    cols = x if _pointwise(geom) else _unfold(x, geom)
-    return cols.reshape(x.shape[0], g, x.shape[1] // g * _args.prod(geom[0]), length)
+    cols = x if geom.pointwise else _unfold(x, geom)
+    return cols.reshape(x.shape[0], g, x.shape[1] // g * math.prod(geom.kernel), length)
 
 
-def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    _, geom, g = spec
-    kernel, dil, pads, st, _ = geom
-    outs = _args.output_size(tuple(x.shape[2:]), kernel, dil, pads, st)
-    length, c_out = _args.prod(outs), w.shape[0]
+def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    geom, g = spec
+    outs = geom.blocks(tuple(x.shape[2:]))
+    length, c_out = math.prod(outs), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
-    sample = x.shape[1] * _args.prod(kernel) * length * x.element_size()
+    sample = x.shape[1] * math.prod(geom.kernel) * length * x.element_size()
     pieces = [
         _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
-        for i, n in _tiles(x.shape[0], sample, _expands(kernel, x.shape[2:], length))
+        for i, n in _tiles(x, sample, _expands(geom.kernel, x.shape[2:], length))
     ]
     return _cat(pieces).reshape(x.shape[0], c_out, *outs)
 
 
 def _conv_backward(
-    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: ConvSpec, needs: tuple[bool, bool]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Input and weight gradients, tile by tile; the unfolded input is recomputed rather
     than saved, so training holds no more than one tile of it."""
-    _, geom, g = spec
-    length, c_out = _args.prod(grad.shape[2:]), w.shape[0]
+    geom, g = spec
+    length, c_out = math.prod(grad.shape[2:]), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
-    rows = x.shape[1] * _args.prod(geom[0])
+    rows = x.shape[1] * math.prod(geom.kernel)
     sample = rows * length * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample, _expands(geom[0], x.shape[2:], length)):
+    for i, n in _tiles(x, sample, _expands(geom.kernel, x.shape[2:], length)):
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
             grad_cols = _weight_matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
             spatial = tuple(x.shape[2:])
             grad_x.append(
                 grad_cols.reshape(n, rows, *spatial)
-                if _pointwise(geom)
+                if geom.pointwise
                 else _fold(grad_cols, spatial, geom)
             )
         if needs[1]:
@@ -327,7 +332,7 @@ def _conv_backward(
                 # per-sample products (n x C_out x rows) would outweigh a permuted copy
                 # of the gradient (n x C_out x L): one GEMM per group with the batch
                 # merged into the contraction (K = n * L)
-                cols = xs if _pointwise(geom) else _unfold(xs, geom, rows_first=True)
+                cols = xs if geom.pointwise else _unfold(xs, geom, rows_first=True)
                 cols = cols.transpose(0, 1).reshape(g, rows // g, n * length)
                 go_rows = go.permute(1, 2, 0, 3).reshape(g, c_out // g, n * length)
                 part = torch.matmul(go_rows, cols.transpose(1, 2).conj())
@@ -341,34 +346,40 @@ def _conv_backward(
     )
 
 
-def _conv_transpose_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    _, geom, size, extend, g = spec
-    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+def _conv_transpose_forward(
+    x: torch.Tensor, w: torch.Tensor, spec: ConvTransposeSpec
+) -> torch.Tensor:
+    geom, size, extend, g = spec
+    c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)  # (G, C_out/G * prod(k), C_in/G)
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
     pieces = []
-    for i, n in _tiles(x.shape[0], sample):
+    for i, n in _tiles(x, sample):
         cols = _weight_matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
         rows = g * w_t.shape[1]
         cols = cols.reshape(n, rows, positions)
-        pieces.append(cols.reshape(n, rows, *size) if _pointwise(geom) else _fold(cols, size, geom))
+        pieces.append(cols.reshape(n, rows, *size) if geom.pointwise else _fold(cols, size, geom))
     out = _cat(pieces)
     return F.pad(out, extend) if any(extend) else out
 
 
 def _conv_transpose_backward(
-    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+    x: torch.Tensor,
+    w: torch.Tensor,
+    grad: torch.Tensor,
+    spec: ConvTransposeSpec,
+    needs: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    _, geom, size, extend, g = spec
-    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+    geom, size, extend, g = spec
+    c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
     if any(extend):
         grad = F.pad(grad, [-v for v in extend])
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample):
+    for i, n in _tiles(x, sample):
         go = grad.narrow(0, i, n)
-        cols = go if _pointwise(geom) else _unfold(go, geom)
+        cols = go if geom.pointwise else _unfold(go, geom)
         cols = cols.reshape(n, g, w_t.shape[1], positions)
         if needs[0]:
             part_x = _weight_matmul(w_t.transpose(1, 2).conj(), cols)
@@ -383,10 +394,6 @@ def _conv_transpose_backward(
     )
 
 
-_FORWARD = {"conv": _conv_forward, "conv_transpose": _conv_transpose_forward}
-_BACKWARD = {"conv": _conv_backward, "conv_transpose": _conv_transpose_backward}
-
-
 @_signature_once
 class _BilinearCore(torch.autograd.Function):
     """``out = op(x, w)`` for an op linear in each argument (conv, conv_transpose).
@@ -397,7 +404,9 @@ class _BilinearCore(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:  # type: ignore[override]
-        return _owning(_FORWARD[spec[0]](x, w, spec))
+        if isinstance(spec, ConvSpec):
+            return _owning(_conv_forward(x, w, spec))
+        return _owning(_conv_transpose_forward(x, w, spec))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
@@ -408,7 +417,11 @@ class _BilinearCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         x, w = ctx.saved_tensors
-        grad_x, grad_w = _BACKWARD[ctx.spec[0]](x, w, grad, ctx.spec, ctx.needs_input_grad[:2])
+        spec, needs = ctx.spec, ctx.needs_input_grad[:2]
+        if isinstance(spec, ConvSpec):
+            grad_x, grad_w = _conv_backward(x, w, grad, spec, needs)
+        else:
+            grad_x, grad_w = _conv_transpose_backward(x, w, grad, spec, needs)
         return grad_x, grad_w, None
 
 
@@ -495,14 +508,14 @@ def conv(
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
     if mode != "zeros":
-        _check_pad_mode(spatial, pads, mode)
+        check_pad_mode(spatial, pads, mode)
     outs = _args.output_size(spatial, kernel, dil, pads, st)
     limit = _check_workspace(max_workspace_bytes)
-    k_numel, item = _args.prod(kernel), x.element_size()
+    k_numel, item = math.prod(kernel), x.element_size()
     w_numel = w.numel()
 
     def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
-        cols = _args.prod(os)
+        cols = math.prod(os)
         pairs: Pads = tuple(ps)  # type: ignore[arg-type]
         padded = _args.padded_size(sp, pairs)
         return (
@@ -511,7 +524,7 @@ def conv(
             * max(
                 c_in * k_numel * cols,  # unfolded matrix
                 c_out * cols,  # matmul result
-                c_in * _args.prod(padded),  # padded (or copied) input slab
+                c_in * math.prod(padded),  # padded (or copied) input slab
                 w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
             )
         )
@@ -532,7 +545,7 @@ def conv(
 
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
         geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
-        return _bilinear(x, w, ("conv", (kernel, dil, geom_pads, st, False), g))
+        return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, geom_pads, st), g))
 
     def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
         lo: int = p[0]  # type: ignore[index]
@@ -543,10 +556,10 @@ def conv(
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
     biased = _add_bias(leaf, b, n)
-    if limit is None and not _expands(kernel, x.shape[2:], _args.prod(outs)):
+    if limit is None and not _expands(kernel, x.shape[2:], math.prod(outs)):
         out = biased(x, pads, outs)
     else:
-        out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, biased)
+        out = _chunked(x, pads, outs, _workspace(limit, one, x.device), cost, slab, biased)
     return out if batched else out.squeeze(0)
 
 
@@ -625,16 +638,16 @@ def conv_transpose(
     outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
     limit = _check_workspace(max_workspace_bytes)
     span = _args.span(kernel, dil)
-    k_numel, item, w_numel = _args.prod(kernel), x.element_size(), w.numel()
+    k_numel, item, w_numel = math.prod(kernel), x.element_size(), w.numel()
 
     def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
         return (
             item
             * batch
             * max(
-                c_out * k_numel * _args.prod(sp),  # columns before fold
-                c_out * _args.prod(os),  # folded slab
-                c_in * _args.prod(sp),  # input slab (copied if not contiguous)
+                c_out * k_numel * math.prod(sp),  # columns before fold
+                c_out * math.prod(os),  # folded slab
+                c_in * math.prod(sp),  # input slab (copied if not contiguous)
                 w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
             )
         )
@@ -645,7 +658,7 @@ def conv_transpose(
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
             f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
-            f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
+            f"of {item} bytes per contributing input position, up to {math.prod(rows)})"
         )
 
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
@@ -666,7 +679,8 @@ def conv_transpose(
         extend = tuple(
             v for a, z in reversed(list(zip(lo, hi, strict=True))) for v in (max(-a, 0), max(-z, 0))
         )
-        return _bilinear(x, w, ("conv_transpose", (kernel, dil, crop, st, False), size, extend, g))
+        geom = Geometry(kernel, dil, crop, st)
+        return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
 
     def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
         u0, u1 = int(p) + o0, int(p) + o1  # type: ignore[call-overload]
@@ -676,5 +690,6 @@ def conv_transpose(
             return min(first, size), 0, 0
         return first, last - first + 1, u0 - first * st[i]
 
-    out = _chunked(x, pad_, outs, _workspace(limit, one), cost, slab, _add_bias(leaf, b, n))
+    budget = _workspace(limit, one, x.device)
+    out = _chunked(x, pad_, outs, budget, cost, slab, _add_bias(leaf, b, n))
     return out if batched else out.squeeze(0)

@@ -38,7 +38,7 @@ def _reset_parameters(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if bias is not None:
             # fan_in as torch computes it for conv and transposed conv alike:
             # weight.shape[1] * prod(k)
-            fan_in = weight.shape[1] * _args.prod(weight.shape[2:])
+            fan_in = weight.shape[1] * math.prod(weight.shape[2:])
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(bias, -bound, bound)
 
