@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
-from .patches import _fold, _owning, _signature_once, _unfold, pad
+from .patches import Variants, _fold, _owning, _unfold, pad
 
 _Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
 _Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
@@ -394,7 +394,6 @@ def _conv_transpose_backward(
     )
 
 
-@_signature_once
 class _BilinearCore(torch.autograd.Function):
     """``out = op(x, w)`` for an op linear in each argument (conv, conv_transpose).
 
@@ -438,17 +437,18 @@ class _Bilinear(_BilinearCore):
     @staticmethod
     def jvp(ctx, x_tangent, w_tangent, _):  # type: ignore[no-untyped-def]
         x, w = ctx.saved_tensors
-        out = None if x_tangent is None else _Bilinear.apply(x_tangent, w, ctx.spec)
+        out = None if x_tangent is None else _bilinear(x_tangent, w, ctx.spec)
         if w_tangent is not None:
-            part = _Bilinear.apply(x, w_tangent, ctx.spec)
+            part = _bilinear(x, w_tangent, ctx.spec)
             out = part if out is None else out + part
         return out
 
 
+_BILINEAR = Variants.of(_Bilinear)
+
+
 def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    # Dynamo cannot trace a Function with a custom jvp: torch.compile gets the core.
-    fn = _BilinearCore if torch.compiler.is_compiling() else _Bilinear
-    return fn.apply(x, w, spec)  # type: ignore[no-any-return]
+    return _BILINEAR.apply(x, w, spec)
 
 
 # --------------------------------------------------------------------------- conv

@@ -12,10 +12,9 @@ derivatives of every order are exact.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
-from typing import Any, TypeVar
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +51,8 @@ def _window_view(x: torch.Tensor, geom: Geometry, kernel_last: bool = True) -> t
         for i, (span, s) in enumerate(zip(geom.span, geom.stride, strict=True)):
             x = x.unfold(2 + i, span, s)
         if any(d > 1 for d in geom.dilation):
-            x = x[(..., *(slice(None, None, d) for d in geom.dilation))]
+            index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
+            x = x[index]
         if kernel_last:
             return x
         return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
@@ -247,17 +247,6 @@ def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
     return x.reshape(v * b, *x.shape[2:]), v, b
 
 
-_F = TypeVar("_F", bound=type[torch.autograd.Function])
-
-
-def _signature_once(cls: _F) -> _F:
-    """``Function.apply`` binds its arguments with ``inspect.signature(forward)`` on every
-    call (~10 us, a fifth of a small unfold); give ``forward`` its signature once."""
-    cls.forward.__signature__ = inspect.signature(cls.forward)  # type: ignore[attr-defined]
-    return cls
-
-
-@_signature_once
 class _UnfoldCore(torch.autograd.Function):
     """im2col on a batched ``(B, C, *S)`` tensor; backward is fold. Traceable by dynamo."""
 
@@ -267,16 +256,14 @@ class _UnfoldCore(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        x, geom, _ = inputs
-        ctx.geom = geom
-        ctx.spatial = tuple(x.shape[2:])
+        x, geom, rows_first = inputs
+        ctx.geom, ctx.spatial, ctx.rows_first = geom, tuple(x.shape[2:]), rows_first
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         return _fold(grad, ctx.spatial, ctx.geom), None, None
 
 
-@_signature_once
 class _FoldCore(torch.autograd.Function):
     """col2im onto a batched ``(B, C, *spatial)`` tensor; backward is unfold."""
 
@@ -299,39 +286,84 @@ class _Unfold(_UnfoldCore):
     """Adds forward-mode AD (unfold is linear) and a vmap rule (merge into the batch)."""
 
     @staticmethod
-    def jvp(ctx, tangent, _geom, rows_first):  # type: ignore[no-untyped-def]
-        return _Unfold.apply(tangent, ctx.geom, rows_first)
+    def jvp(ctx, tangent, *_):  # type: ignore[no-untyped-def]
+        return _unfold(tangent, ctx.geom, ctx.rows_first)
 
     @staticmethod
     def vmap(info, in_dims, x, geom, rows_first):  # type: ignore[no-untyped-def]
         flat, v, b = _move_vmap_dim(x, in_dims[0])
-        out = _Unfold.apply(flat, geom, rows_first)
+        out = _unfold(flat, geom, rows_first)
         return out.view(v, b, *out.shape[1:]), 0
 
 
 class _Fold(_FoldCore):
     @staticmethod
-    def jvp(ctx, tangent, _spatial, _geom):  # type: ignore[no-untyped-def]
-        return _Fold.apply(tangent, ctx.spatial, ctx.geom)
+    def jvp(ctx, tangent, *_):  # type: ignore[no-untyped-def]
+        return _fold(tangent, ctx.spatial, ctx.geom)
 
     @staticmethod
     def vmap(info, in_dims, y, spatial, geom):  # type: ignore[no-untyped-def]
         flat, v, b = _move_vmap_dim(y, in_dims[0])
-        out = _Fold.apply(flat, spatial, geom)
+        out = _fold(flat, spatial, geom)
         return out.view(v, b, *out.shape[1:]), 0
 
 
-# Dynamo cannot trace an autograd.Function with a custom jvp or vmap, so torch.compile
-# gets the core Functions: same forward, same backward, so compiled gradients are
-# bitwise equal to eager ones.
+_Function = type[torch.autograd.Function]
+
+
+def _old_style(cls: _Function) -> _Function:
+    """``cls`` (new-style: ``forward`` + ``setup_context``) as an old-style Function,
+    ``forward(ctx, *args)``: same forward, backward and jvp. ``Function.apply`` binds a
+    new-style forward's signature on every call, which costs ~5x a small unfold; an
+    old-style one skips that, but functorch transforms refuse it."""
+
+    def forward(ctx, *args):  # type: ignore[no-untyped-def]
+        out = cls.forward(*args)
+        cls.setup_context(ctx, args, out)
+        return out
+
+    body = {"forward": staticmethod(forward), "backward": staticmethod(cls.backward)}
+    if "jvp" in vars(cls):
+        body["jvp"] = staticmethod(cls.jvp)
+    return type(cls.__name__ + "Eager", (torch.autograd.Function,), body)
+
+
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+class Variants(NamedTuple):
+    """One op as three Functions with the same forward and backward (so results agree
+    bitwise): ``core`` for torch.compile (dynamo cannot trace a custom jvp or vmap),
+    ``full`` (jvp, vmap) under functorch transforms, ``eager`` (old-style, jvp) else."""
+
+    core: _Function
+    full: _Function
+    eager: _Function
+
+    def apply(self, *args: Any) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            fn = self.core
+        elif _transforms_active is None or _transforms_active():
+            fn = self.full  # the same check torch's own Function.apply makes
+        else:
+            fn = self.eager
+        return fn.apply(*args)  # type: ignore[no-any-return]
+
+    @classmethod
+    def of(cls, full: _Function) -> Variants:
+        return cls(full.__mro__[1], full, _old_style(full))
+
+
+_UNFOLD = Variants.of(_Unfold)
+_FOLD = Variants.of(_Fold)
+
+
 def _unfold(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -> torch.Tensor:
-    fn = _UnfoldCore if torch.compiler.is_compiling() else _Unfold
-    return fn.apply(x, geom, rows_first)  # type: ignore[no-any-return]
+    return _UNFOLD.apply(x, geom, rows_first)
 
 
 def _fold(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
-    fn = _FoldCore if torch.compiler.is_compiling() else _Fold
-    return fn.apply(y, spatial, geom)  # type: ignore[no-any-return]
+    return _FOLD.apply(y, spatial, geom)
 
 
 def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> torch.Tensor:
