@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfold
+from nfold import _check_run, _check_verdicts, check
 from nfold import _reference as R
-from nfold import check
 from nfold.check import MISMATCH, ROUND_OFF, tolerance, verdict
 from reference import ref_conv, ref_conv_transpose, ref_fold, ref_unfold, ref_unfold_transpose
 
@@ -86,11 +86,11 @@ def test_tolerance() -> None:
 
 def test_errors_shape_mismatch_and_nan() -> None:
     b = torch.tensor([1.0, -4.0, float("nan")])
-    assert check._errors(torch.tensor([1.0, -4.0, float("nan")]), b) == (0.0, 0.0)
-    assert check._errors(torch.tensor([1.0, -3.0, float("nan")]), b) == (1.0, 0.25)
-    assert check._errors(torch.tensor([1.0, -4.0, 0.0]), b) == (math.inf, math.inf)
-    assert check._errors(torch.zeros(2), b) == (math.inf, math.inf)
-    assert check._errors(None, b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(torch.tensor([1.0, -4.0, float("nan")]), b) == (0.0, 0.0)
+    assert _check_verdicts.errors(torch.tensor([1.0, -3.0, float("nan")]), b) == (1.0, 0.25)
+    assert _check_verdicts.errors(torch.tensor([1.0, -4.0, 0.0]), b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(torch.zeros(2), b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(None, b) == (math.inf, math.inf)
 
 
 # ----------------------------------------------------------------------------- references
@@ -254,7 +254,7 @@ def test_settings_cover_every_op_n_and_padding_form() -> None:
         assert modes == {"zeros", "reflect", "replicate", "circular"}, n
         paddings = [x.kwargs.get("padding", 0) for x in conv if x.n == n]
         assert "same" in paddings and "valid" in paddings
-        assert any(check._is_pairs(p) for p in paddings)
+        assert any(_check_run._is_pairs(p) for p in paddings)
         assert any(
             x.shapes[1][1] == 1 and x.kwargs.get("groups", 1) > 1 for x in conv if x.n == n
         )  # depthwise
@@ -268,13 +268,13 @@ def _expected_reference(x: check.Setting) -> str:
         return f"F.{x.op}{x.n}d"
     if x.op == "unfold" and x.n == 2:
         return "F.unfold"
-    if x.op == "fold" and x.n == 2 and not check._is_pairs(x.kwargs.get("padding", 0)):
+    if x.op == "fold" and x.n == 2 and not _check_run._is_pairs(x.kwargs.get("padding", 0)):
         return "F.fold"
     return "naive"
 
 
 def test_torch_is_the_reference_where_it_has_the_op() -> None:
-    got = {x.id: check._reference(x)[1] for x in check.SETTINGS}
+    got = {x.id: _check_run._reference(x)[1] for x in check.SETTINGS}
     assert got == {x.id: _expected_reference(x) for x in check.SETTINGS}
 
 
