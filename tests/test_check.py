@@ -251,7 +251,7 @@ def _expected_reference(x: check.Setting) -> str:
 
 
 def test_torch_is_the_reference_where_it_has_the_op() -> None:
-    got = {x.id: _check_run._reference(x)[1] for x in check.SETTINGS}
+    got = {x.id: _check_run.reference_op(x)[1] for x in check.SETTINGS}
     assert got == {x.id: _expected_reference(x) for x in check.SETTINGS}
 
 

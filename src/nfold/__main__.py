@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .check import LOW_DTYPES, RULE, low_precision
+from .check import LOW_DTYPES, RULE, conv_layers, low_precision
 
 CHECK_HELP = (
     "compare nfold with torch (or a naive reference where torch has no op) in float32 and "
@@ -150,8 +150,6 @@ def _example_input(
         return inputs[0] if len(inputs) == 1 else inputs
     if given is not None:
         return given
-    from .check import conv_layers
-
     layers = conv_layers(model)
     if not layers:
         raise UsageError("the model has no conv layer to infer an input from: pass --input-shape")

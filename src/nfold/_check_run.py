@@ -106,7 +106,7 @@ def _torch_fold(setting: Setting) -> Callable[..., torch.Tensor]:
     return run
 
 
-def _reference(setting: Setting) -> tuple[Callable[..., torch.Tensor], str]:
+def reference_op(setting: Setting) -> tuple[Callable[..., torch.Tensor], str]:
     """torch's op where it has one (conv / conv_transpose for N <= 3, unfold / fold for
     N = 2; fold's per-side pairs excepted), else the naive reference of
     :mod:`nfold._reference`. Returns the op and its name for the table."""
@@ -178,7 +178,7 @@ def run_setting(setting: Setting, low: torch.dtype, device: torch.device, seed: 
     gen = seeded(seed, setting.id)
     base = [torch.randn(shape, generator=gen).to(low) for shape in setting.shapes]
     inputs = {dt: [t.to(device=device, dtype=dt) for t in base] for dt in (low, HIGH)}
-    ref_fn, ref_name = _reference(setting)
+    ref_fn, ref_name = reference_op(setting)
     names = setting.quantities()
     rows = [Row(setting.id, q, ref_name) for q in names]
     try:

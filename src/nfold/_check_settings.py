@@ -62,10 +62,6 @@ class Setting:
         k = self.kwargs["kernel_size"]
         return (k,) * self.n if isinstance(k, int) else tuple(k)
 
-    @property
-    def batched(self) -> bool:
-        return len(self.shapes[0]) == self.n + 2 or self.op == "fold"
-
     def quantities(self) -> list[str]:
         names = ["forward", "grad_input", "grad_weight", "grad_bias"]
         return names[: len(self.shapes) + 1]

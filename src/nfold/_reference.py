@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -106,13 +107,16 @@ def blocks(
     )
 
 
-def _offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
+Index = tuple[Any, ...]  # a tensor index: mixes Ellipsis, slices and ints
+
+
+def _offsets(kernel_size: Sequence[int]) -> list[Index]:
     return list(itertools.product(*(range(k) for k in kernel_size)))  # row-major
 
 
 def _window(
     offset: Sequence[int], dilation: Sequence[int], stride: Sequence[int], count: Sequence[int]
-) -> tuple[slice, ...]:
+) -> Index:
     """Positions ``offset * d + i * s`` for ``i < count``, per dim."""
     return tuple(
         slice(j * d, j * d + (c - 1) * s + 1, s)
@@ -167,7 +171,7 @@ def fold(
         window = _window(off, d, s, count)
         full[(slice(None), slice(None), *window)] += cols[:, :, i]
         covered[window] += 1
-    crop = tuple(slice(lo, lo + sz) for sz, (lo, _) in zip(size, pads, strict=True))
+    crop: Index = tuple(slice(lo, lo + sz) for sz, (lo, _) in zip(size, pads, strict=True))
     out = full[(..., *crop)]
     if reduction == "mean":
         out = out / covered[crop].clamp(min=1).to(out.dtype)
@@ -201,7 +205,7 @@ def unfold_transpose(
     full = input.new_zeros((batch, channels, len(offsets), *full_size))
     for i, off in enumerate(offsets):
         full[(slice(None), slice(None), i, *_window(off, d, s, spatial))] = input
-    crop = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
+    crop: Index = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
     return full[(..., *crop)].reshape(batch, channels * len(offsets), math.prod(out))
 
 
@@ -279,7 +283,7 @@ def conv_transpose(
     for off in _offsets(k):
         term = torch.einsum("bgc...,gco->bgo...", xg, wg[(..., *off)])
         full[(slice(None), slice(None), slice(None), *_window(off, d, s, spatial))] += term
-    crop = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
+    crop: Index = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
     result = full[(..., *crop)].reshape(batch, c_out, *out)
     if bias is not None:
         result = result + bias.reshape(1, c_out, *(1,) * n)
