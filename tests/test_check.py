@@ -510,6 +510,7 @@ def test_readme_and_help_state_the_rule_that_verdict_applies() -> None:
     flat = " ".join(readme.read_text().split())
     assert " ".join(check.RULE.split()) in flat
     assert flat.count("round-off rel_low <= tol") == 1  # stated once
+    assert f"tol = {check.TOL_FACTOR:g} * max(" in check.RULE and check.RATIO == 1e-6
     # the clause the README used to leave out: a float64 error within the bound counts
     tol = tolerance(EPS32, 9)
     assert verdict(1e-7, 1e-7, 1e-16, 1e-16, tol) == ROUND_OFF  # ratio 1e-9 <= 1e-6
