@@ -501,6 +501,12 @@ def test_near_zero_mark_needs_a_reference_that_lost_half_its_digits() -> None:
     clean = ref.float()
     _check_verdicts.judge(row, (clean, ref), (clean, ref), EPS32)
     assert not row.near_zero
+    # a long sum in bfloat16 loses digits without cancelling: not marked
+    row = _check_verdicts.Row("s", "q", "r", reduction_length=10_000)
+    eps16 = 2.0**-7
+    noisy = (ref * (1 + 8 * eps16)).bfloat16()  # 8 eps < 16 eps sqrt(K), > sqrt(eps)
+    _check_verdicts.judge(row, (noisy, ref), (noisy, ref), eps16)
+    assert not row.near_zero and row.tolerance > row.rel_low
 
 
 def test_readme_and_help_state_the_rule_that_verdict_applies() -> None:

@@ -39,9 +39,9 @@ rel = abs / max |reference|, in the low precision (float32 unless --dtype) and i
 
 #: Why a row is marked ``~0``.
 NEAR_ZERO_LEGEND = (
-    "~0: the reference is near zero (a sum that cancels, e.g. a conv bias before "
-    "BatchNorm): it lost over half its digits in the low precision, so rel is large by "
-    "nature; the bound is then its own error."
+    "~0: the reference is near zero, a sum that cancels (e.g. the gradient of a conv bias "
+    "before BatchNorm): in the low precision it lost over half its digits, more than a "
+    "K-term sum explains, so rel is large by nature and the bound is its own error."
 )
 
 
@@ -149,7 +149,9 @@ def judge(row: Row, tested: Pair, ref: Pair, eps_low: float) -> Row:
     _, noise = errors(ref[0], ref[1])
     noise = noise if math.isfinite(noise) else 0.0
     row.tolerance = tolerance(eps_low, row.reduction_length, noise)
-    row.near_zero = noise > math.sqrt(eps_low)
+    # cancellation, not a long sum: over half the digits lost, beyond the K-term bound
+    textbook = TOL_FACTOR * eps_low * math.sqrt(max(row.reduction_length, 1))
+    row.near_zero = noise > max(math.sqrt(eps_low), textbook)
     row.verdict = verdict(
         row.abs_low,
         row.rel_low,
