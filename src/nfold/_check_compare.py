@@ -183,30 +183,22 @@ def compare(
 
     rows: list[Row] = []
 
-    def add(quantity: str, tested: Sequence[Any], ref: Sequence[Any], length: int) -> None:
-        row = Row(fn_name, quantity, ref_name, reduction_length=length)
+    def add(quantity: str, tested: Sequence[Any], ref: Sequence[Any]) -> None:
+        if None in ref:  # no gradient in the reference (its outputs do not require grad)
+            return
+        row = Row(fn_name, quantity, ref_name, reduction_length=reduction_length)
         rows.append(judge(row, tested, ref, eps(low)))
 
-    outputs = {dt: (results["fn", dt][0], results["ref", dt][0]) for dt in (low, HIGH)}
-    count = len(outputs[low][1])
+    outs = {who: (results[who, low][0], results[who, HIGH][0]) for who in ("fn", "ref")}
+    count = len(outs["ref"][0])
     for i in range(count):
-        tested = [out[0][i] if i < len(out[0]) else None for out in outputs.values()]
-        add(
-            "output" if count == 1 else f"output[{i}]",
-            tested,
-            [o[1][i] for o in outputs.values()],
-            reduction_length,
-        )
+        tested = [out[i] if i < len(out) else None for out in outs["fn"]]
+        add("output" if count == 1 else f"output[{i}]", tested, [out[i] for out in outs["ref"]])
     grads = {who: (results[who, low][1], results[who, HIGH][1]) for who in ("fn", "ref")}
     tensor_inputs = [k for k in grads["ref"][0] if k.startswith("input[")]
     for key in tensor_inputs:
         quantity = "grad_input" if len(tensor_inputs) == 1 else f"grad_{key}"
-        add(
-            quantity,
-            [g.get(key) for g in grads["fn"]],
-            [g[key] for g in grads["ref"]],
-            reduction_length,
-        )
+        add(quantity, [g.get(key) for g in grads["fn"]], [g[key] for g in grads["ref"]])
     for name, mine, theirs in _pairs(fn, reference):
         if mine is None or theirs is None:
             row = Row(fn_name, f"grad_{name}", ref_name, verdict=NOT_COMPARED)
@@ -217,7 +209,6 @@ def compare(
                 f"grad_{name}",
                 [g.get(mine) for g in grads["fn"]],
                 [g[theirs] for g in grads["ref"]],
-                reduction_length,
             )
     result = report(rows)
     result.nothing_compared = f"{ref_name} returned no floating tensor"
