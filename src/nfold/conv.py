@@ -24,21 +24,17 @@ order).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _args, _plan
-from ._args import IntOrTuple, PaddingArg, Pads
+from . import _args, _plan, _slabs
+from ._args import IntOrTuple, PaddingArg
 from ._plan import Geometry, check_pad_mode
+from ._slabs import Param
 from .patches import Variants, _fold, _owning, _unfold, pad
-
-_Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
-_Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
-_Leaf = Callable[[torch.Tensor, Sequence[object], Sequence[int]], torch.Tensor]
-
 
 # --------------------------------------------------------------------------- validation
 
@@ -130,95 +126,90 @@ def _workspace(limit: int | None, one_position: int, device: torch.device) -> in
     return auto if limit is None else min(limit, auto)
 
 
-# --------------------------------------------------------------------------- chunking
+# --------------------------------------------------------------------------- slabs
 
 
-def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
-    """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+class _ConvSlabs(NamedTuple):
+    """conv's :class:`_slabs.Layout`; a slab's param per dim is its zero padding (lo, hi)."""
+
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    stride: tuple[int, ...]
+    c_in: int
+    c_out: int
+    groups: int
+    item: int
+    weight_numel: int
+
+    def cost(
+        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
+    ) -> int:
+        cols = math.prod(outs)
+        padded = _args.padded_size(spatial, tuple(params))
+        return (
+            self.item
+            * batch
+            * max(
+                self.c_in * math.prod(self.kernel) * cols,  # unfolded matrix
+                self.c_out * cols,  # matmul result
+                self.c_in * math.prod(padded),  # padded (or copied) input slab
+                # grouped weight broadcast by matmul
+                self.weight_numel if batch > 1 and self.groups > 1 else 0,
+            )
+        )
+
+    def rows(
+        self, i: int, size: int, param: Param, first: int, stop: int
+    ) -> tuple[int, int, Param]:
+        lo, st = param[0], self.stride[i]
+        a = first * st - lo  # input coordinate of the slab's first padded element
+        e = (stop - 1) * st + self.dilation[i] * (self.kernel[i] - 1) + 1 - lo  # one past last
+        new_lo = min(max(-a, 0), e - a)
+        new_hi = min(max(e - size, 0), e - a - new_lo)
+        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
 
-def _chunked(
-    x: torch.Tensor,
-    params: tuple[object, ...],
-    outs: tuple[int, ...],
-    limit: int | None,
-    cost: _Cost,
-    slab: _Slab,
-    leaf: _Leaf,
-) -> torch.Tensor:
-    """Run ``leaf`` on output slabs whose ``cost`` (bytes) is at most ``limit``.
+class _ConvTransposeSlabs(NamedTuple):
+    """conv_transpose's :class:`_slabs.Layout`; a slab's param per dim is the uncropped
+    coordinate (relative to its input rows) of its first output position."""
 
-    ``params[i]`` describes spatial dim i of ``x`` for ``leaf`` (pads, or an offset);
-    ``slab(i, size_i, params[i], o0, o1)`` gives the input range ``(start, length)`` and
-    the new ``params[i]`` for output positions ``[o0, o1)`` of dim i. The caller has
-    checked that a single output position fits.
-    """
-    n = len(outs)
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    stride: tuple[int, ...]
+    c_in: int
+    c_out: int
+    groups: int
+    item: int
+    weight_numel: int
 
-    def fits(b: int, spatial: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> bool:
-        return limit is None or cost(b, spatial, ps, os) <= limit
+    def cost(
+        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
+    ) -> int:
+        return (
+            self.item
+            * batch
+            * max(
+                self.c_out * math.prod(self.kernel) * math.prod(spatial),  # columns before fold
+                self.c_out * math.prod(outs),  # folded slab
+                self.c_in * math.prod(spatial),  # input slab (copied if not contiguous)
+                # grouped weight broadcast by matmul
+                self.weight_numel if batch > 1 and self.groups > 1 else 0,
+            )
+        )
 
-    def piece(
-        x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int, o0: int, o1: int
-    ) -> tuple[int, int, tuple[int, ...], tuple[object, ...], tuple[int, ...]]:
-        start, length, p = slab(i, x.shape[2 + i], ps[i], o0, o1)
-        spatial = (*x.shape[2 : 2 + i], length, *x.shape[3 + i :])
-        return start, length, spatial, (*ps[:i], p, *ps[i + 1 :]), (*os[:i], o1 - o0, *os[i + 1 :])
-
-    def split(x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int) -> torch.Tensor:
-        b = x.shape[0]
-        if i == n or fits(b, x.shape[2:], ps, os):
-            return leaf(x, ps, os)
-        slabs, o0 = [], 0
-        while o0 < os[i]:
-
-            def ok(o1: int, o0: int = o0) -> bool:
-                return fits(b, *piece(x, ps, os, i, o0, o1)[2:])
-
-            o1 = _largest(o0 + 1, os[i], ok) if ok(o0 + 1) else o0 + 1
-            slabs.append(piece(x, ps, os, i, o0, o1))
-            o0 = o1
-        parts = _slices(x, 2 + i, [(start, length) for start, length, *_ in slabs])
-        pieces = [
-            split(part, sub_ps, sub_os, i + 1)
-            for part, (*_, sub_ps, sub_os) in zip(parts, slabs, strict=True)
-        ]
-        return torch.cat(pieces, 2 + i)
-
-    batch, spatial = x.shape[0], x.shape[2:]
-    if fits(batch, spatial, params, outs):
-        return leaf(x, params, outs)
-    step = (
-        _largest(1, batch, lambda b: fits(b, spatial, params, outs))
-        if fits(1, spatial, params, outs)
-        else 1
-    )
-    parts = _slices(x, 0, [(b, min(step, batch - b)) for b in range(0, batch, step)])
-    return torch.cat([split(p, params, outs, 0) for p in parts], 0)
+    def rows(
+        self, i: int, size: int, param: Param, first: int, stop: int
+    ) -> tuple[int, int, Param]:
+        span, st = self.dilation[i] * (self.kernel[i] - 1) + 1, self.stride[i]
+        u0, u1 = int(param) + first, int(param) + stop
+        lo = max(0, -((span - 1 - u0) // st))  # ceil((u0 - span + 1) / s)
+        hi = min(size - 1, (u1 - 1) // st)
+        if hi < lo:
+            return min(lo, size), 0, 0
+        return lo, hi - lo + 1, u0 - lo * st
 
 
-def _slices(x: torch.Tensor, dim: int, ranges: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
-    """``x.narrow(dim, start, length)`` for each range (ranges may overlap), built from one
-    ``split`` so that backward assembles the gradient of ``x`` once instead of
-    materialising a zero-padded full-size gradient per slab. Lazily: a slab that spans
-    several pieces is a copy, made only when its turn comes."""
-    size = x.shape[dim]
-    cuts = sorted({0, size} | {min(a, size) for a, _ in ranges} | {a + n for a, n in ranges})
-    pieces = torch.split(x, [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)], dim)
-    first = {a: i for i, a in enumerate(cuts)}
-    for a, length in ranges:
-        if length == 0:
-            yield x.narrow(dim, min(a, size), 0)
-            continue
-        run = pieces[first[a] : first[a + length]]
-        yield run[0] if len(run) == 1 else torch.cat(run, dim)
-
-
-def _add_bias(leaf: _Leaf, bias: torch.Tensor | None, n: int) -> _Leaf:
+def _add_bias(leaf: _slabs.Leaf, bias: torch.Tensor | None, n: int) -> _slabs.Leaf:
     """Add the bias slab by slab: each unbiased slab is freed at once, so the output is not
     held a second time before the slabs are concatenated."""
     if bias is None:
@@ -512,25 +503,9 @@ def conv(
     outs = _args.output_size(spatial, kernel, dil, pads, st)
     limit = _check_workspace(max_workspace_bytes)
     k_numel, item = math.prod(kernel), x.element_size()
-    w_numel = w.numel()
-
-    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
-        cols = math.prod(os)
-        pairs: Pads = tuple(ps)  # type: ignore[arg-type]
-        padded = _args.padded_size(sp, pairs)
-        return (
-            item
-            * batch
-            * max(
-                c_in * k_numel * cols,  # unfolded matrix
-                c_out * cols,  # matmul result
-                c_in * math.prod(padded),  # padded (or copied) input slab
-                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
-            )
-        )
-
+    layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
     has_pad = _args.has_padding(pads) or mode != "zeros"
-    one = cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+    one = layout.cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
@@ -543,23 +518,16 @@ def conv(
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
 
-    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
-        geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
-        return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, geom_pads, st), g))
-
-    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
-        lo: int = p[0]  # type: ignore[index]
-        a = o0 * st[i] - lo  # input coordinate of the slab's first padded element
-        e = (o1 - 1) * st[i] + dil[i] * (kernel[i] - 1) + 1 - lo  # one past its last
-        new_lo = min(max(-a, 0), e - a)
-        new_hi = min(max(e - size, 0), e - a - new_lo)
-        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
+    def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
+        return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, tuple(ps), st), g))
 
     biased = _add_bias(leaf, b, n)
     if limit is None and not _expands(kernel, x.shape[2:], math.prod(outs)):
         out = biased(x, pads, outs)
     else:
-        out = _chunked(x, pads, outs, _workspace(limit, one, x.device), cost, slab, biased)
+        budget = _workspace(limit, one, x.device)
+        slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, budget, layout)
+        out = _slabs.run(x, slabs, pads, outs, biased)
     return out if batched else out.squeeze(0)
 
 
@@ -638,22 +606,10 @@ def conv_transpose(
     outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
     limit = _check_workspace(max_workspace_bytes)
     span = _args.span(kernel, dil)
-    k_numel, item, w_numel = math.prod(kernel), x.element_size(), w.numel()
-
-    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
-        return (
-            item
-            * batch
-            * max(
-                c_out * k_numel * math.prod(sp),  # columns before fold
-                c_out * math.prod(os),  # folded slab
-                c_in * math.prod(sp),  # input slab (copied if not contiguous)
-                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
-            )
-        )
-
+    k_numel, item = math.prod(kernel), x.element_size()
+    layout = _ConvTransposeSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
     rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
-    one = cost(1, rows, (0,) * n, (1,) * n)
+    one = layout.cost(1, rows, (0,) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
@@ -664,7 +620,7 @@ def conv_transpose(
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
 
     # ---- work starts here
-    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
+    def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
         batch, sp = x.shape[0], tuple(x.shape[2:])
         if any(s == 0 for s in sp):  # no input row reaches this slab of the output
@@ -682,14 +638,7 @@ def conv_transpose(
         geom = Geometry(kernel, dil, crop, st)
         return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
 
-    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
-        u0, u1 = int(p) + o0, int(p) + o1  # type: ignore[call-overload]
-        first = max(0, -((span[i] - 1 - u0) // st[i]))  # ceil((u0 - span + 1) / s)
-        last = min(size - 1, (u1 - 1) // st[i])
-        if last < first:
-            return min(first, size), 0, 0
-        return first, last - first + 1, u0 - first * st[i]
-
     budget = _workspace(limit, one, x.device)
-    out = _chunked(x, pad_, outs, budget, cost, slab, _add_bias(leaf, b, n))
+    slabs = _slabs.plan(x.shape[0], spatial, pad_, outs, budget, layout)
+    out = _slabs.run(x, slabs, pad_, outs, _add_bias(leaf, b, n))
     return out if batched else out.squeeze(0)
