@@ -86,13 +86,14 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
-def _check_groups(groups: object, c_in: int, c_out: int, in_name: str, out_name: str) -> int:
+def _check_groups(groups: object, **counts: int) -> int:
+    """``groups`` as a positive int dividing every channel count (name -> count)."""
     if not _args._is_int(groups):
         raise TypeError(f"groups must be an int, got {groups!r}")
     g = int(groups)  # type: ignore[call-overload]
     if g < 1:
         raise ValueError(f"groups must be a positive int, got {g}")
-    for count, name in ((c_in, in_name), (c_out, out_name)):
+    for name, count in counts.items():
         if count % g:
             raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
     return g
@@ -490,7 +491,7 @@ def conv(
     pads = _args.padding_pairs(padding, n, kernel, dil, st)
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     c_in, c_out = x.shape[1], w.shape[0]
-    g = _check_groups(groups, c_in, c_out, "input channels (C_in)", "weight.shape[0] (C_out)")
+    g = _check_groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
     if c_in != w.shape[1] * g:
         raise ValueError(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} with groups={g} "
@@ -589,7 +590,7 @@ def conv_transpose(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} expects "
             f"weight.shape[0] = {w.shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
         )
-    g = _check_groups(groups, c_in, c_in, "input channels (C_in)", "input channels (C_in)")
+    g = _check_groups(groups, **{"input channels (C_in)": c_in})
     c_out = w.shape[1] * g
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
