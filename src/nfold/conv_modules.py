@@ -75,6 +75,11 @@ class _ConvBase(nn.Module):
         }
         if ndim is not None:
             _positive_int(ndim, "ndim")
+        if ndim is None and all(_args.tuple_len(v, k) is None for k, v in sizes.items()):
+            raise ValueError(
+                f"{type(self).__name__} cannot tell the number of spatial dims from int size "
+                f"arguments (kernel_size={kernel_size!r}): pass ndim=N or N-tuples"
+            )
         n = _args.infer_n(sizes, default=ndim)
         if ndim is not None and ndim != n:
             raise ValueError(f"ndim={ndim} disagrees with the size arguments, which have {n} dims")
