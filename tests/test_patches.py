@@ -607,14 +607,17 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
 
 def test_fold_scatter_only_when_its_index_is_small(monkeypatch):
     """scatter_add_'s int64 index has one entry per column, shared by every plane: with
-    few planes it would outweigh the input, so fold adds phases instead."""
+    few planes it would outweigh the input, so fold adds phases instead, unless the
+    index is small (policy.small_index, 64 KB: then one scatter beats an add per kernel
+    offset, and its index is cached)."""
     patches = sys.modules["nfold.patches"]
     calls = []
     real = patches._fold_scatter
     monkeypatch.setattr(patches, "_fold_scatter", lambda *a: calls.append(1) or real(*a))
-    for planes, expected in ((1, 0), (16, 1)):  # float32: index = 2x / (1/8)x the input
-        y = make_tensor((planes, 9, 6 * 5), torch.float32, seed=71)
-        assert torch.equal(nfold.fold(y, (8, 7), 3), F.fold(y, (8, 7), 3))
+    # float32, 143 KB index: 2x / (1/8)x the input; then a 2 KB index
+    for planes, osize, expected in (((1, (400, 7), 0), (16, (400, 7), 1), (1, (8, 7), 2))):
+        y = make_tensor((planes, 9, (osize[0] - 2) * 5), torch.float32, seed=71)
+        assert torch.equal(nfold.fold(y, osize, 3), F.fold(y, osize, 3))
         assert len(calls) == expected
 
 

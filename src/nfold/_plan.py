@@ -82,6 +82,8 @@ class Policy:
         short_row: below this many blocks along the last dim, fold runs one
             ``scatter_add_`` pass instead of strided adds (if ``ordered_scatter``).
         index_share: ... and only when its int64 index is at most this share of the input.
+        small_index: a fold whose index has at most this many bytes always scatters
+            (one op instead of one strided add per kernel offset; the index is cached).
         ordered_scatter: ``scatter_add_`` adds each row's terms in index order (CPU), so
             it keeps torch's col2im summation order, bitwise; on GPUs it uses atomics
             (nondeterministic order), so fold never uses it there.
@@ -92,6 +94,7 @@ class Policy:
     auto_workspace: int
     short_row: int
     index_share: float
+    small_index: int
     ordered_scatter: bool
 
 
@@ -102,6 +105,7 @@ CPU = Policy(
     auto_workspace=8 << 20,
     short_row=16,
     index_share=1 / 8,
+    small_index=64 << 10,
     ordered_scatter=True,
 )
 #: Written down, not measured (no GPU is lent to this project): kernel launches, not
@@ -113,6 +117,7 @@ CUDA = Policy(
     auto_workspace=256 << 20,
     short_row=0,
     index_share=0.0,
+    small_index=0,
     ordered_scatter=False,
 )
 POLICIES: dict[str, Policy] = {"cpu": CPU, "cuda": CUDA}

@@ -12,6 +12,7 @@ derivatives of every order are exact.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Any, NamedTuple
@@ -144,8 +145,7 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     """
     pads = geom.padding
     padded = _args.padded_size(spatial, pads)
-    positions = torch.arange(math.prod(padded), device=y.device).view(1, 1, *padded)
-    index = _unfold_forward(positions, geom.unpadded())
+    index = _scatter_index(padded, geom, y.device)
     batch, channels = y.shape[0], y.shape[1] // math.prod(geom.kernel)
     rows = batch * channels
     src = y.view(rows, index.numel())
@@ -167,20 +167,40 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     return out.view(batch, channels, *spatial)
 
 
-def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, planes: int) -> bool:
-    """Whether fold takes one ``scatter_add_`` pass: rows shorter than the policy's
-    ``short_row`` (strided adds then cost more per row than a scatter per element:
-    1.5-2.2x for 6 and 8 blocks on CPU), only where scatter keeps the summation order,
-    and only when its int64 index (8 bytes per column, shared by all planes) is at most
+def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
+    """Where fold's scatter sends each column: ``(1, prod(k), L)`` flat positions of the
+    padded output (the unfold of their arange)."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: must serve every mode
+        positions = torch.arange(math.prod(padded), device=device).view(1, 1, *padded)
+        return _unfold_forward(positions, geom.unpadded())
+
+
+_cached_index = functools.lru_cache(maxsize=64)(_index)
+
+
+def _scatter_index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
+    """:func:`_index`, cached per geometry when small (a small fold is then one
+    ``scatter_add_``); traced, not cached, under torch.compile."""
+    columns = math.prod(geom.kernel) * math.prod(geom.unpadded().blocks(padded))
+    if 8 * columns <= _plan.policy(device).small_index and not torch.compiler.is_compiling():
+        return _cached_index(padded, geom, device)
+    return _index(padded, geom, device)
+
+
+def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, kernel: int) -> bool:
+    """Whether fold takes one ``scatter_add_`` pass: only where scatter keeps the
+    summation order, and either when its int64 index (8 bytes per column, shared by all
+    planes) is small (then one op beats a strided add per kernel offset), or for rows
+    shorter than the policy's ``short_row`` (strided adds then cost more per row than a
+    scatter per element: 1.5-2.2x for 6 and 8 blocks on CPU) when the index is at most
     ``index_share`` of the input."""
     rule = _plan.policy(y.device)
-    return (
-        rule.ordered_scatter
-        and blocks[-1] < rule.short_row
-        and y.is_contiguous()
-        and y.dtype == acc != torch.complex32
-        and rule.index_share * planes * y.element_size() >= 8
-    )
+    if not (rule.ordered_scatter and y.is_contiguous() and y.dtype == acc != torch.complex32):
+        return False
+    if 8 * kernel * y.shape[2] <= rule.small_index:
+        return True  # the index has prod(k) * L entries
+    planes = y.shape[0] * y.shape[1] // kernel
+    return blocks[-1] < rule.short_row and rule.index_share * planes * y.element_size() >= 8
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
@@ -199,7 +219,7 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     batch = y.shape[0]
     channels = y.shape[1] // math.prod(kernel)
     acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
-    if _scatter_pays(y, blocks, acc, batch * channels):
+    if _scatter_pays(y, blocks, acc, math.prod(kernel)):
         return _fold_scatter(y, spatial, geom)
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
