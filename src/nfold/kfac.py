@@ -272,9 +272,22 @@ def _window_means(x: torch.Tensor, counts: list[torch.Tensor], positions: int) -
     spatial = x.shape[2:]
     t = x.reshape(-1, spatial[-1]) @ counts[-1].T
     for i in range(len(spatial) - 2, -1, -1):
-        t = t.view(-1, spatial[i], t.shape[-1])
+        t = t.view(-1, spatial[i], math.prod(c.shape[0] for c in counts[i + 1 :]))
         t = torch.matmul(counts[i], t)  # (k_i, S_i) @ (P, S_i, prod(k_>i))
     return t.reshape(b, -1) / positions
+
+
+def reduce_plan(batch: int, channels: int, spatial: Sequence[int], kernel: Sequence[int],
+                groups: int, bias: bool, acc: int, limit: int) -> tuple[int, int]:  # fmt: skip
+    """``(step, flush)``: ``"reduce"`` contracts ``step`` samples at a time into a buffer of
+    ``flush`` samples' means (a multiple of ``step``), which one GEMM then adds to the
+    factor; the contractions and the buffer together stay within ``limit`` bytes once one
+    sample's do (few large GEMMs: the factor is written once per flush, not per step)."""
+    one = reduce_chunk_bytes(1, channels, spatial, kernel, acc)
+    row = (channels * math.prod(kernel) + groups * bias) * acc
+    step = max(1, min(batch, (limit // 2) // max(one, 1)))
+    flush = max(step, (limit - step * one) // max(row, 1) // step * step)
+    return step, min(flush, -(-batch // step) * step)
 
 
 def _reduce(
@@ -290,16 +303,19 @@ def _reduce(
         )
     ]  # fmt: skip
     out = torch.zeros((groups, d + bias, d + bias), dtype=acc, device=x.device)
-    itemsize = out.element_size()
-    one = reduce_chunk_bytes(1, channels, x.shape[2:], geom.kernel, itemsize)
-    step = max(1, limit // max(one, 1))
+    step, flush = reduce_plan(
+        batch, channels, x.shape[2:], geom.kernel, groups, bias, out.element_size(), limit
+    )
     positions = math.prod(geom.outs)
-    for b0 in range(0, batch, step):
-        means = _window_means(x[b0 : b0 + step].to(acc), counts, positions)
-        means = means.view(-1, groups, d).transpose(0, 1)  # (groups, b, D)
-        if bias:
-            means = torch.cat([means, means.new_ones((*means.shape[:2], 1))], dim=2)
-        out.baddbmm_(means.transpose(1, 2), means.conj())
+    means = torch.ones((min(flush, batch), groups, d + bias), dtype=acc, device=x.device)
+    for f0 in range(0, batch, flush):
+        rows = min(flush, batch - f0)
+        for b0 in range(f0, f0 + rows, step):
+            b1 = min(b0 + step, f0 + rows)
+            part = _window_means(x[b0:b1].to(acc), counts, positions)
+            means[b0 - f0 : b1 - f0, :, :d] = part.view(-1, groups, d)
+        m = means[:rows].transpose(0, 1)  # (groups, rows, D [+ 1])
+        out.baddbmm_(m.mT, m.conj())
     return out
 
 
@@ -387,6 +403,7 @@ def patch_covariance(
         what = "one output position"
     else:
         one = reduce_chunk_bytes(1, x.shape[1], spatial, kernel, acc_item)
+        one += (x.shape[1] * _args.prod(kernel) + g * bias) * acc_item
         what = "one sample"
     if limit is not None and one > limit:
         raise ValueError(
