@@ -179,8 +179,9 @@ def _input_slab(x: torch.Tensor, chunk: Chunk, geom: _Geometry) -> torch.Tensor:
         for a, e, size in zip(starts, stops, spatial, strict=True):
             a_in = min(max(a, 0), size)
             e_in = max(min(e, size), a_in)
+            lo = min(max(a_in - a, 0), e - a)  # a slab wholly in the padding: all lo
             inner.append(slice(a_in, e_in))
-            local.append((a_in - a, e - e_in))
+            local.append((lo, e - a - lo - (e_in - a_in)))
         part = xb[(slice(None), slice(None), *inner)]
         if not _args.has_padding(tuple(local)):
             return part
@@ -197,6 +198,20 @@ def _tri_blocks(d: int) -> list[tuple[int, int]]:
     nb = max(1, round(d / _TRI_BLOCK))
     edges = [d * i // nb for i in range(nb + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _mirror_upper(out: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
+    """Make ``(G, D, D)`` exactly Hermitian from its block upper triangle, in place, one
+    row block at a time (each output entry is computed once; GEMMs do not guarantee
+    ``(U Uᴴ)[j, i] == conj((U Uᴴ)[i, j])``)."""
+    for i, (i0, i1) in enumerate(blocks):
+        diag = out[:, i0:i1, i0:i1]
+        upper = diag.triu()
+        if upper.is_complex():
+            upper.diagonal(dim1=1, dim2=2).imag.zero_()
+        diag.copy_(upper + upper.triu(1).mH)
+        for j0, j1 in blocks[i + 1 :]:
+            out[:, j0:j1, i0:i1] = out[:, i0:i1, j0:j1].mH
 
 
 def _expand(
@@ -222,9 +237,7 @@ def _expand(
         if sums is not None:
             sums += u.sum(-1)
         del u
-    for i, (i0, i1) in enumerate(blocks):
-        for j0, j1 in blocks[i + 1 :]:
-            out[:, j0:j1, i0:i1] = out[:, i0:i1, j0:j1].mH
+    _mirror_upper(out, blocks)
     if sums is not None:
         out[:, :d, d] = sums
         out[:, d, :d] = sums.conj()
@@ -287,7 +300,7 @@ def reduce_plan(batch: int, channels: int, spatial: Sequence[int], kernel: Seque
     row = (channels * math.prod(kernel) + groups * bias) * acc
     step = max(1, min(batch, (limit // 2) // max(one, 1)))
     flush = max(step, (limit - step * one) // max(row, 1) // step * step)
-    return step, min(flush, -(-batch // step) * step)
+    return step, max(step, min(flush, -(-batch // step) * step))
 
 
 def _reduce(
@@ -316,6 +329,7 @@ def _reduce(
             means[b0 - f0 : b1 - f0, :, :d] = part.view(-1, groups, d)
         m = means[:rows].transpose(0, 1)  # (groups, rows, D [+ 1])
         out.baddbmm_(m.mT, m.conj())
+    _mirror_upper(out, _tri_blocks(d + bias))
     return out
 
 
