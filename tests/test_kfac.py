@@ -274,32 +274,42 @@ def test_batch_zero_gives_zeros(reduction: str, bias: bool) -> None:
 @pytest.mark.parametrize("reduction", ["expand", "reduce"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float32(dtype: torch.dtype, reduction: str) -> None:
-    """Sums of 2048 positive terms: accumulated in the input dtype, float16 would be off by
-    several percent and bfloat16 by tens; accumulated in float32, only the final rounding
-    to the input dtype remains (plus float32 round-off)."""
-    x = (torch.rand(8, 2, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype)
-    out = nfold.patch_covariance(x, 3, padding=1, bias=True, reduction=reduction)
+    """Positive terms summed over 64 samples and all positions in many small chunks:
+    accumulated chunk by chunk in the input dtype, the sums would be off by percents;
+    accumulated in float32, only the final rounding to the input dtype remains."""
+    x = (torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype)
+    kwargs: dict[str, object] = {"padding": 1, "bias": True, "reduction": reduction}
+    with pytest.raises(ValueError, match="smaller than the") as info:
+        nfold.patch_covariance(x, 3, **kwargs, max_workspace_bytes=1)  # type: ignore[arg-type]
+    smallest = int(str(info.value).split("smaller than the ")[1].split()[0])
+    out = nfold.patch_covariance(x, 3, **kwargs, max_workspace_bytes=2 * smallest)  # type: ignore[arg-type]
     assert out.dtype == dtype
-    expected = definition(x.double(), 3, padding=1, bias=True, reduction=reduction)
+    expected = definition(x.double(), 3, **kwargs)  # type: ignore[arg-type]
     ulp = {torch.float16: 2**-10, torch.bfloat16: 2**-7}[dtype]
     torch.testing.assert_close(out.double(), expected, rtol=ulp, atol=0)
 
 
-def test_complex_is_hermitian_u_uH() -> None:
-    x = _input((2, 2, 5, 4), torch.complex128)
-    for reduction in ("expand", "reduce"):
-        out = nfold.patch_covariance(x, 2, padding=1, bias=True, reduction=reduction)
-        assert_exact(out, definition(x, 2, padding=1, bias=True, reduction=reduction))
+@pytest.mark.parametrize("reduction", ["expand", "reduce"])
+def test_complex_is_hermitian_u_uH(reduction: str) -> None:
+    """D = 40 * 4 + 1 = 161 ... and 361 rows: one and two row blocks."""
+    for channels, kernel in ((4, 2), (40, 3)):
+        x = _input((2, channels, 4, 4), torch.complex128)
+        out = nfold.patch_covariance(x, kernel, padding=1, bias=True, reduction=reduction)
+        assert_exact(out, definition(x, kernel, padding=1, bias=True, reduction=reduction))
         assert torch.equal(out, out.mH)
 
 
-def test_expand_is_exactly_symmetric_across_row_blocks() -> None:
-    """D = 40 * 9 = 360 rows: two row blocks, the lower one mirrored from the upper."""
+@pytest.mark.parametrize("reduction", ["expand", "reduce"])
+def test_exactly_symmetric(reduction: str) -> None:
+    """D = 40 * 9 = 360 rows: two row blocks, the lower one mirrored from the upper; and a
+    case where the GEMM alone (x(16, 3, 32, 32), D = 28) is not symmetric to the last bit."""
     x = _input((2, 40, 6, 6))
-    out = nfold.patch_covariance(x, 3, padding=1)
+    out = nfold.patch_covariance(x, 3, padding=1, reduction=reduction)
     assert len(kfac._tri_blocks(360)) > 1
     assert torch.equal(out, out.mT)
-    assert_exact(out, definition(x, 3, padding=1))
+    assert_exact(out, definition(x, 3, padding=1, reduction=reduction))
+    out = nfold.patch_covariance(_input((16, 3, 32, 32)), 3, padding=1, bias=True)
+    assert torch.equal(out, out.mT)
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
