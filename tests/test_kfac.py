@@ -289,6 +289,16 @@ def test_half_precision_accumulates_in_float32(dtype: torch.dtype, reduction: st
     torch.testing.assert_close(out.double(), expected, rtol=ulp, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_complex32_accumulates_in_complex64() -> None:
+    x = _input((4, 2, 8, 8), torch.complex64).to(torch.complex32)
+    for reduction in ("expand", "reduce"):
+        out = nfold.patch_covariance(x, 3, padding=1, bias=True, reduction=reduction)
+        assert out.dtype == torch.complex32
+        expected = definition(x.to(torch.complex128), 3, padding=1, bias=True, reduction=reduction)
+        assert_exact(out.to(torch.complex128), expected, rel=2**-10)
+
+
 @pytest.mark.parametrize("reduction", ["expand", "reduce"])
 def test_complex_is_hermitian_u_uH(reduction: str) -> None:
     """D = 40 * 4 + 1 = 161 ... and 361 rows: one and two row blocks."""
@@ -447,6 +457,19 @@ def test_model_helper_sums_a_layer_called_twice_and_unbatched_input() -> None:
     model = nn.Sequential(conv, nn.ReLU(), conv)
     _check_model(model, _input((2, 5, 5)), "expand")  # unbatched (C, H, W)
     assert list(nfold.kfac_input_factors(model, _input((2, 5, 5)))) == ["0"]
+
+
+def test_model_helper_input_passed_by_keyword() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv1d(2, 2, 3, bias=False).double()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(input=x)
+
+    x = _input((2, 2, 6))
+    assert_exact(nfold.kfac_input_factors(Net(), x)["conv"], definition(x, 3))
 
 
 def test_model_helper_removes_its_hooks_also_on_error() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -36,12 +36,12 @@ from .patches import _check_pad_mode, _pad_index, _unfold_forward
 REDUCTIONS = ("expand", "reduce")
 
 # Without max_workspace_bytes, slabs are about this large, so each unfolded slab is consumed
-# by its GEMM while it is still in cache (measured on Conv2d(64, 64, 3) at 32x32: 2-8 MB
-# slabs are equally fast, 64 MB is ~15% slower).
+# by its GEMM while it is still in cache (measured on Conv2d(64, 64, 3) on (32, 64, 32, 32),
+# loaded 2-core machine: 1-8 MB within ~20% of each other, 4 MB best, 16 MB ~35% slower).
 _AUTO_WORKSPACE = 4 * 2**20
 # Row-block size of the upper-triangle GEMMs: D <= 1.5 blocks is one GEMM (U Uᵀ), larger D
-# computes (nb + 1) / (2 nb) of the products (measured: 3-4 blocks of 576 rows are 1.3x
-# faster than one full U Uᵀ).
+# computes (nb + 1) / (2 nb) of the products (same measurement: 3-4 row blocks for D = 576
+# are ~1.5x faster than one full U Uᵀ).
 _TRI_BLOCK = 192
 _ACCUMULATE = {
     torch.float16: torch.float32,
@@ -479,10 +479,12 @@ def kfac_input_factors(
     layers = _conv_layers(model)
     factors: dict[str, torch.Tensor] = {}
 
-    def hook(name: str, layer: nn.Module) -> object:
-        def record(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+    def hook(name: str, layer: nn.Module) -> Callable[..., None]:
+        def record(
+            module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object], output: object
+        ) -> None:
             factor = patch_covariance(
-                args[0],  # type: ignore[arg-type]
+                args[0] if args else kwargs["input"],  # type: ignore[arg-type]
                 layer.kernel_size,  # type: ignore[arg-type]
                 layer.dilation,  # type: ignore[arg-type]
                 layer.padding,  # type: ignore[arg-type]
@@ -497,7 +499,9 @@ def kfac_input_factors(
 
         return record
 
-    handles = [layer.register_forward_hook(hook(name, layer)) for name, layer in layers]  # type: ignore[arg-type]
+    handles = [
+        layer.register_forward_hook(hook(name, layer), with_kwargs=True) for name, layer in layers
+    ]
     try:
         with torch.no_grad():
             model(*inputs)
