@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import subprocess
 import sys
 from typing import Any, NamedTuple
@@ -34,7 +35,7 @@ import torch
 from torch.utils.benchmark import Timer
 
 import nfold
-from nfold import kfac
+from nfold import bench, kfac
 
 
 class Config(NamedTuple):
@@ -44,23 +45,38 @@ class Config(NamedTuple):
     stride: int = 1
     padding: int = 0
     groups: int = 1
+    padding_mode: str = "zeros"
 
 
 def configs(quick: bool) -> list[Config]:
+    """The issue's layer, All-CNN-C's layers (as in ``nfold bench``), then other shapes."""
     b = 4 if quick else 32
     s = 16 if quick else 32
-    return [
-        Config(f"conv2d 64-64 k3 p1 ({b},64,{s},{s})", (b, 64, s, s), 3, padding=1),
-        Config(f"conv2d 3-64 k3 p1 ({b},3,{s},{s})", (b, 3, s, s), 3, padding=1),
-        Config(f"conv2d 96 k3 s2 p1 ({b},96,{s},{s})", (b, 96, s, s), 3, 2, 1),
+    out = [Config(f"conv2d 64-64 k3 p1 ({b},64,{s},{s})", (b, 64, s, s), 3, padding=1)]
+    for name, c_in, _, size, k, stride, pad in bench.ALL_CNN_C:
+        if quick and name not in bench.QUICK_LAYERS:
+            continue
+        shape = (b, c_in, size, size)
+        label = f"All-CNN-C {name} k{k} s{stride} p{pad} ({','.join(map(str, shape))})"
+        out.append(Config(label, shape, k, stride, pad))
+    small = b // 16 or 1
+    out += [
+        Config(
+            f"conv2d 64 k3 p1 reflect ({b},64,{s},{s})",
+            (b, 64, s, s),
+            3,
+            padding=1,
+            padding_mode="reflect",
+        ),  # fmt: skip
         Config(f"conv2d 64 k3 p1 g4 ({b},64,{s},{s})", (b, 64, s, s), 3, 1, 1, groups=4),
         Config(f"depthwise 64 k3 p1 ({b},64,{s},{s})", (b, 64, s, s), 3, 1, 1, groups=64),
         Config(f"conv1d 64 k5 p2 ({b},64,{s * 32})", (b, 64, s * 32), 5, padding=2),
-        Config(f"conv3d 16 k3 p1 ({b // 16 or 1},16,{s},{s},{s})",
-               (b // 16 or 1, 16, s, s, s), 3, padding=1),  # fmt: skip
-        Config(f"conv4d 4 k3 p1 ({b // 16 or 1},4,12,12,12,12)",
-               (b // 16 or 1, 4, 12, 12, 12, 12), 3, padding=1),  # fmt: skip
+        Config(f"conv3d 16 k3 p1 ({small},16,{s},{s},{s})", (small, 16, s, s, s), 3, padding=1),
+        Config(
+            f"conv4d 4 k3 p1 ({small},4,12,12,12,12)", (small, 4, 12, 12, 12, 12), 3, padding=1
+        ),  # fmt: skip
     ]
+    return out
 
 
 def _input(cfg: Config) -> torch.Tensor:
@@ -70,7 +86,8 @@ def _input(cfg: Config) -> torch.Tensor:
 
 def _unfolded(x: torch.Tensor, cfg: Config) -> torch.Tensor:
     """``(G, B, D, L)`` view of nfold's unfold."""
-    u = nfold.unfold(x, cfg.kernel, padding=cfg.padding, stride=cfg.stride)
+    u = nfold.unfold(x, cfg.kernel, padding=cfg.padding, stride=cfg.stride,
+                     padding_mode=cfg.padding_mode)  # fmt: skip
     b, rows, positions = u.shape
     return u.view(b, cfg.groups, rows // cfg.groups, positions).transpose(0, 1)
 
@@ -81,7 +98,7 @@ def implementations(cfg: Config, reduction: str) -> dict[str, Any]:
     def ours() -> torch.Tensor:
         return nfold.patch_covariance(
             x, cfg.kernel, padding=cfg.padding, stride=cfg.stride, groups=cfg.groups,
-            reduction=reduction,
+            padding_mode=cfg.padding_mode, reduction=reduction,
         )  # fmt: skip
 
     def peer() -> torch.Tensor:
@@ -102,7 +119,8 @@ def _check(impls: dict[str, Any]) -> float:
 
 
 def _time(fn: Any, min_run_time: float) -> float:
-    return float(Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time).median)
+    timer = Timer("fn()", globals={"fn": fn})
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
 
 
 # --------------------------------------------------------------------------- memory
@@ -157,14 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     min_run_time = args.min_run_time or (0.1 if args.quick else 1.0)
     reductions = ("expand", "reduce") if args.reduction == "both" else (args.reduction,)
     cfgs = [c for c in configs(args.quick) if not args.filter or args.filter in c.name]
-    import os
 
     print(
         f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"load {os.getloadavg()[0]:.1f}; default workspace {_mib(kfac._AUTO_WORKSPACE)} MiB; "
         "ratio = patch_covariance time / unfold+matmul time (noisy on a shared machine)\n"
     )
-    head = f"{'config':36} {'reduction':9} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'err':>8}"
+    head = f"{'config':40} {'reduction':9} {'ours ms':>9} {'peer ms':>9} {'ratio':>6} {'err':>8}"
     if not args.no_memory:
         head += f" {'result':>7} {'ours MiB':>8} {'peer MiB':>8} {'bound':>6}"
     print(head)
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(worst, err)
             ours, peer = (_time(fn, min_run_time) for fn in impls.values())
             line = (
-                f"{cfg.name:36} {reduction:9} {ours * 1e3:9.2f} {peer * 1e3:9.2f} "
+                f"{cfg.name:40} {reduction:9} {ours * 1e3:9.2f} {peer * 1e3:9.2f} "
                 f"{ours / peer:6.2f} {err:8.1e}"
             )
             if not args.no_memory:
