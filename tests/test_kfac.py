@@ -119,6 +119,8 @@ CASES = [
     Case("2d-depthwise", (3, 4, 6, 5), 2, stride=(2, 1), groups=4),
     Case("2d-kernel-covers-input", (2, 2, 3, 4), (5, 6), padding=1),
     Case("2d-padding-only-windows", (2, 1, 2, 2), 2, padding=3),
+    Case("2d-empty-dim-padded", (2, 2, 0, 3), (1, 2), padding=1, bias=True),
+    Case("2d-empty-last-dim-padded", (2, 2, 3, 0), (2, 1), padding=(0, 1), bias=True),
     Case("3d-mixed", (2, 2, 5, 4, 6), (2, 3, 2), dilation=(2, 1, 1), padding=1, stride=(1, 2, 1)),
     Case(
         "3d-reflect-groups-bias",

@@ -118,26 +118,28 @@ def expand_chunk_bytes(
     return batch * (unfolded + channels * slab * (item + (acc if acc != item else 0)))
 
 
-def _largest(lo: int, hi: int, fits: object) -> int:
+def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
     """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)  # type: ignore[operator]
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
     return lo
 
 
-def _split_outputs(outs: tuple[int, ...], fits: object) -> list[tuple[tuple[int, int], ...]]:
+def _split_outputs(
+    outs: tuple[int, ...], fits: Callable[[tuple[int, ...]], bool]
+) -> list[tuple[tuple[int, int], ...]]:
     """Output regions of one sample, each with ``fits(lengths)``: ranges of the first dim
     with every later dim whole, else single positions of the first dim and the later dims
     split the same way."""
     if not outs:
         return [()]
     rest = outs[1:]
-    if fits((1, *rest)):  # type: ignore[operator]
-        step = _largest(1, outs[0], lambda t: fits((t, *rest)))  # type: ignore[operator]
+    if fits((1, *rest)):
+        step = _largest(1, outs[0], lambda t: fits((t, *rest)))
         whole = tuple((0, o) for o in rest)
         return [((o, min(o + step, outs[0])), *whole) for o in range(0, outs[0], step)]
-    inner = _split_outputs(rest, lambda lengths: fits((1, *lengths)))  # type: ignore[operator]
+    inner = _split_outputs(rest, lambda lengths: fits((1, *lengths)))
     return [((o, o + 1), *region) for o in range(outs[0]) for region in inner]
 
 
@@ -285,11 +287,14 @@ def _window_means(x: torch.Tensor, counts: list[torch.Tensor], positions: int) -
     unfolded row, contracting one spatial dim at a time, last dim first."""
     b, c = x.shape[:2]
     spatial = x.shape[2:]
-    t = x.reshape(-1, spatial[-1]) @ counts[-1].T
-    for i in range(len(spatial) - 2, -1, -1):
-        t = t.view(-1, spatial[i], math.prod(c.shape[0] for c in counts[i + 1 :]))
+    n = len(spatial)
+    t = x.reshape(b * c * math.prod(spatial[:-1]), spatial[-1]) @ counts[-1].T
+    width = counts[-1].shape[0]  # prod(k_>i)
+    for i in range(n - 2, -1, -1):
+        t = t.view(b * c * math.prod(spatial[:i]), spatial[i], width)
         t = torch.matmul(counts[i], t)  # (k_i, S_i) @ (P, S_i, prod(k_>i))
-    return t.reshape(b, -1) / positions
+        width *= counts[i].shape[0]
+    return t.reshape(b, c * width) / positions
 
 
 def reduce_plan(batch: int, channels: int, spatial: Sequence[int], kernel: Sequence[int],
