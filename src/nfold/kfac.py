@@ -203,6 +203,13 @@ def _tri_blocks(d: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+def _add_gram(out: torch.Tensor, u: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
+    """``out += u uᴴ`` on the block upper triangle only, for ``u`` of shape ``(G, D, m)``."""
+    for i, (i0, i1) in enumerate(blocks):
+        for j0, j1 in blocks[i:]:
+            out[:, i0:i1, j0:j1].baddbmm_(u[:, i0:i1], u[:, j0:j1].mH)
+
+
 def _mirror_upper(out: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
     """Make ``(G, D, D)`` exactly Hermitian from its block upper triangle, in place, one
     row block at a time: diagonal blocks become ``(B + Bᴴ) / 2`` (GEMMs do not guarantee
@@ -232,9 +239,7 @@ def _expand(
         cols = _unfold_forward(slab, unpadded, rows_first=True)
         u = cols.transpose(0, 1).reshape(groups, d, -1)
         del slab, cols
-        for i, (i0, i1) in enumerate(blocks):
-            for j0, j1 in blocks[i:]:
-                out[:, i0:i1, j0:j1].baddbmm_(u[:, i0:i1], u[:, j0:j1].mH)
+        _add_gram(out, u, blocks)
         if sums is not None:
             sums += u.sum(-1)
         del u
@@ -327,6 +332,7 @@ def _reduce(
         batch, channels, x.shape[2:], geom.kernel, groups, bias, out.element_size(), limit
     )
     positions = math.prod(geom.outs)
+    blocks = _tri_blocks(d + bias)
     means = torch.ones((min(flush, batch), groups, d + bias), dtype=acc, device=x.device)
     for f0 in range(0, batch, flush):
         rows = min(flush, batch - f0)
@@ -334,9 +340,8 @@ def _reduce(
             b1 = min(b0 + step, f0 + rows)
             part = _window_means(x[b0:b1].to(acc), counts, positions)
             means[b0 - f0 : b1 - f0, :, :d] = part.view(-1, groups, d)
-        m = means[:rows].transpose(0, 1)  # (groups, rows, D [+ 1])
-        out.baddbmm_(m.mT, m.conj())
-    _mirror_upper(out, _tri_blocks(d + bias))
+        _add_gram(out, means[:rows].permute(1, 2, 0), blocks)  # (groups, D [+ 1], rows)
+    _mirror_upper(out, blocks)
     return out
 
 
