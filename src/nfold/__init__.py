@@ -21,6 +21,7 @@ from .conv_modules import (
     ConvTransposeNd,
 )
 from .convert import convert
+from .kfac import kfac_input_factors, patch_covariance
 from .modules import Fold, Unfold, UnfoldTranspose
 from .patches import fold, sliding_window_view, unfold, unfold_transpose
 
@@ -48,6 +49,8 @@ __all__ = [
     "convert",
     "fold",
     "foldNd",
+    "kfac_input_factors",
+    "patch_covariance",
     "sliding_window_view",
     "unfold",
     "unfoldNd",

@@ -144,6 +144,30 @@ def choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def groups(groups: object, **counts: int) -> int:
+    """``groups`` as a positive int dividing every channel count (name -> count)."""
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    g = int(groups)  # type: ignore[call-overload]
+    if g < 1:
+        raise ValueError(f"groups must be a positive int, got {g}")
+    for name, count in counts.items():
+        if count % g:
+            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
+    return g
+
+
+def workspace(max_workspace_bytes: object) -> int | None:
+    """``max_workspace_bytes`` as a positive int, or None (no limit)."""
+    if max_workspace_bytes is None:
+        return None
+    if not _is_int(max_workspace_bytes):
+        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
+    if max_workspace_bytes < 1:  # type: ignore[operator]
+        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
+    return int(max_workspace_bytes)  # type: ignore[call-overload]
+
+
 def output_size(
     spatial: Sequence[int],
     kernel_size: tuple[int, ...],

@@ -86,35 +86,12 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
-def _check_groups(groups: object, **counts: int) -> int:
-    """``groups`` as a positive int dividing every channel count (name -> count)."""
-    if not _args._is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    g = int(groups)  # type: ignore[call-overload]
-    if g < 1:
-        raise ValueError(f"groups must be a positive int, got {g}")
-    for name, count in counts.items():
-        if count % g:
-            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
-    return g
-
-
 def _check_bias(bias: torch.Tensor | None, c_out: int) -> None:
     if bias is not None and tuple(bias.shape) != (c_out,):
         raise ValueError(
             f"bias must have shape ({c_out},) (one value per output channel), "
             f"got shape {tuple(bias.shape)}"
         )
-
-
-def _check_workspace(max_workspace_bytes: object) -> int | None:
-    if max_workspace_bytes is None:
-        return None
-    if not _args._is_int(max_workspace_bytes):
-        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
-    if max_workspace_bytes < 1:  # type: ignore[operator]
-        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
-    return int(max_workspace_bytes)  # type: ignore[call-overload]
 
 
 def _workspace(limit: int | None, one_position: int, device: torch.device) -> int:
@@ -491,7 +468,7 @@ def conv(
     pads = _args.padding_pairs(padding, n, kernel, dil, st)
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     c_in, c_out = x.shape[1], w.shape[0]
-    g = _check_groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
+    g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
     if c_in != w.shape[1] * g:
         raise ValueError(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} with groups={g} "
@@ -502,7 +479,7 @@ def conv(
     if mode != "zeros":
         check_pad_mode(spatial, pads, mode)
     outs = _args.output_size(spatial, kernel, dil, pads, st)
-    limit = _check_workspace(max_workspace_bytes)
+    limit = _args.workspace(max_workspace_bytes)
     k_numel, item = math.prod(kernel), x.element_size()
     layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
     has_pad = _args.has_padding(pads) or mode != "zeros"
@@ -590,7 +567,7 @@ def conv_transpose(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} expects "
             f"weight.shape[0] = {w.shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
         )
-    g = _check_groups(groups, **{"input channels (C_in)": c_in})
+    g = _args.groups(groups, **{"input channels (C_in)": c_in})
     c_out = w.shape[1] * g
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
@@ -605,7 +582,7 @@ def conv_transpose(
             )
         out_pad = derived
     outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
-    limit = _check_workspace(max_workspace_bytes)
+    limit = _args.workspace(max_workspace_bytes)
     span = _args.span(kernel, dil)
     k_numel, item = math.prod(kernel), x.element_size()
     layout = _ConvTransposeSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
