@@ -80,7 +80,7 @@ BAD = [
         "fold_output_size_neg",
         lambda: nfold.fold(Y, (5, -5), 2),
         ValueError,
-        ("output_size", "(5, -5)", ">= 0"),
+        ("output_size", "(5, -5)", ">= 1"),
     ),
     Bad(
         "unfold_transpose_kernel_0",
@@ -328,7 +328,7 @@ BAD = [
         "unfold_transpose_output_not_positive",
         lambda: nfold.unfold_transpose(X_1x1, 1, padding=1),
         ValueError,
-        ("padding", "not positive", "(-1, -1)"),
+        ("padding", "negative", "(-1, -1)"),
     ),
     # ---- input -----------------------------------------------------------------------------
     Bad(
