@@ -546,6 +546,10 @@ def unfold_transpose(
         x.shape, x.dtype, x.device, kernel_size, stride, padding, output_padding, dilation
     )
     x = x if plan.batched else x.unsqueeze(0)
+    if x.shape[0] == 0 or 0 in plan.blocks:  # an empty result, as torch's, in the graph
+        rows = x.shape[1] * math.prod(plan.geometry.kernel)
+        out = x[:0].reshape(x.shape[0], rows, math.prod(plan.blocks)).clone()
+        return out if plan.batched else out.squeeze(0)
     # Zero-insert by the stride, pad by d (k-1) - p (+ output_padding on the high side;
     # negative values crop), then a stride-1 im2col with the kernel flipped.
     out = _unfold(F.pad(_dilate(x, plan.stride), plan.pads), plan.geometry)
