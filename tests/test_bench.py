@@ -312,6 +312,25 @@ def test_fold_target_is_taken_against_the_fastest_peer() -> None:
 # ------------------------------------------------------------- what the run says (issue 11 §5)
 
 
+def test_quick_suite_is_trimmed(quick_run: dict) -> None:
+    """--quick took 1.5-2 minutes with 64 rows (issue 11): conv rows on the three quick
+    layers only, no strided volume, padding modes for the forward only, one round."""
+    quick = [r for r in suite.suite(quick=True) if r.op not in suite.FIXED_COST_OPS]
+    assert len(quick) == 49
+    layers = {r.config.split()[1] for r in quick if r.config.startswith("All-CNN-C")}
+    assert layers == set(suite.QUICK_LAYERS)
+    assert all(r.padding_mode == "zeros" for r in quick if r.op != "unfold")
+    assert all(r.stride[0] == 1 for r in quick if r.n == 3)
+    assert quick_run["json"]["meta"]["rounds"] == 1
+    assert f"takes {bench.cli.QUICK_PROMISE}" in " ".join(_help().split())
+
+
+def _help() -> str:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.format_help()
+
+
 def test_memory_phase_reports_progress_row_by_row() -> None:
     rows = [r for r in suite.suite(quick=True, tiny=True) if r.op == "fold"][:2]
     lines: list[str] = []

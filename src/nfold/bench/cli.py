@@ -67,11 +67,13 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     min_run_time = args.min_run_time
     if min_run_time is None:
         min_run_time = 0.0 if args.tiny else 0.05 if args.quick else 0.5
+    rounds = 1 if args.quick else 3  # round-robin rounds per implementation
     meta = machine.machine_info()
     meta.update(
         preset=("tiny " if args.tiny else "") + ("quick" if args.quick else "full"),
         batch_size=args.batch_size or (1 if args.tiny else 4 if args.quick else 32),
         min_run_time=min_run_time,
+        rounds=rounds,
         warnings=[],
     )
     for line in machine.missing_peers(meta):
@@ -82,7 +84,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     if args.tiny:  # toy sizes: OpenMP hand-offs would dominate (and spin on a busy machine)
         torch.set_num_threads(1)
     try:
-        records = _collect_rows(rows, min_run_time, args.no_memory)
+        records = _collect_rows(rows, min_run_time, rounds, args.no_memory)
     finally:
         torch.set_num_threads(threads)
     meta["loadavg_end"] = machine.load_average()
@@ -99,10 +101,12 @@ def _warn_if_busy(meta: dict[str, Any]) -> None:
         meta["warnings"].append(warning.removeprefix("warning: "))
 
 
-def _collect_rows(rows: list[Row], min_run_time: float, no_memory: bool) -> list[dict[str, Any]]:
+def _collect_rows(
+    rows: list[Row], min_run_time: float, rounds: int, no_memory: bool
+) -> list[dict[str, Any]]:
     records = []
     for i, row in enumerate(rows, 1):
-        rec = bench_row(row, min_run_time)
+        rec = bench_row(row, min_run_time, rounds)
         records.append(rec)
         t = rec["times"].get("nfold", {}).get("median_s")
         summary = ", ".join(f"÷{p} {r:.2f}" for p, r in rec["ratios"].items())

@@ -7,8 +7,8 @@ the op is run again and the rise of ``VmHWM`` over the resting RSS is the op's p
 memory (output included). The kernel batches RSS updates per thread, so values are good
 to ~0.25 MB. Linux only; elsewhere nothing is measured.
 
-The child reads the rows as JSON on stdin and writes one JSON line per row on stdout as
-soon as that row is measured, so the parent can show progress.
+The child reads the rows as JSON on stdin and writes one tagged JSON line per row on
+stdout as soon as that row is measured, so the parent can show progress.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import torch
 
 from .peers import build
 from .suite import Row, fmt_bytes
+
+_TAG = "nfold.bench.memory "  # starts every result line the child writes
 
 
 def hwm_tools() -> tuple[Callable[[], None], Callable[[str], int]] | None:
@@ -71,7 +73,9 @@ def measure_memory(
     proc.stdin.close()
     out: dict[str, dict[str, int]] = {}
     for line in proc.stdout:
-        item = json.loads(line)
+        if not line.startswith(_TAG):  # something the child's libraries printed
+            continue
+        item = json.loads(line.removeprefix(_TAG))
         out[item["id"]] = item["memory"]
         if progress is not None:
             sizes = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in item["memory"].items())
@@ -99,7 +103,7 @@ def child_main() -> None:
     for item in spec["rows"]:
         row = Row.from_dict(item)
         memory = {} if tools is None else _peaks(row, *tools)
-        print(json.dumps({"id": row.id, "memory": memory}), flush=True)
+        print(_TAG + json.dumps({"id": row.id, "memory": memory}), flush=True)
 
 
 def _peaks(row: Row, reset: Callable[[], None], status: Callable[[str], int]) -> dict[str, int]:

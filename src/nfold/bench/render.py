@@ -94,7 +94,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"- torch {m['torch']}, nfold {m['nfold']}, {versions}, Python {m['python']}, "
         f"{m['platform']}",
         f"- timing: torch.utils.benchmark.Timer.blocked_autorange(min_run_time={m['min_run_time']})"
-        ", median; all peers timed in the same run",
+        f", median (the best of {m['rounds']} round-robin rounds); all peers timed in the same run",
         *(f"- **{w}**" for w in m.get("warnings", [])),
         "",
         "Ratio columns `÷ peer` are nfold time / peer time: below 1 nfold is faster. The copy "
