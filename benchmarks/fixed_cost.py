@@ -1,13 +1,13 @@
 """Issue 12's targets: the fixed cost of small calls, and small layers, as ratios.
 
     python benchmarks/fixed_cost.py                  # both sections, about a minute
-    python benchmarks/fixed_cost.py --only fixed     # the (1,1,4,4) calls, ~15 s
+    python benchmarks/fixed_cost.py --only fixed     # the (1,1,4,4) calls, ~20 s
     python benchmarks/fixed_cost.py --only layers    # All-CNN-C conv6-conv8, README, fold
 
 fixed cost  ``unfold``, ``fold``, ``conv`` and the modules ``Unfold``, ``Fold``, ``Conv2d``
             on a (1, 1, 4, 4) input (k3 p1) against torch's same call, with plain inputs,
-            with inputs that require grad, and forward+backward; one torch thread.
-            Target: nfold time / torch time <= 2.5.
+            with inputs that require grad, and forward+backward; one torch thread,
+            timed by the process's CPU clock. Target: nfold time / torch time <= 2.5.
 small layers  unfold on All-CNN-C conv6-conv8 (batch 32) and the unfoldNd README example
             against the copy of its output (the copy floor): target <= 2; fold on every
             row of the suite that has a peer against the fastest peer (torch or

@@ -252,18 +252,23 @@ def test_fixed_cost_row_runs_nfold_and_torch_on_the_same_call(row: suite.Row) ->
     assert timing.check_results({"nfold": ours, "torch": theirs}, built) == {"torch": "ok"}
 
 
-def test_fixed_cost_rows_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fixed_cost_rows_run_on_one_thread_by_the_cpu_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seen = []
-    monkeypatch.setattr(
-        timing,
-        "time_fn",
-        lambda fn, t: (
-            seen.append(torch.get_num_threads()) or {"median_s": 1.0, "iqr_s": 0.0, "runs": 1}
-        ),
-    )
+
+    def fake_time_fn(fn, min_run_time, cpu_time=False):  # type: ignore[no-untyped-def]
+        seen.append((torch.get_num_threads(), cpu_time))
+        return {"median_s": 1.0, "iqr_s": 0.0, "runs": 1}
+
+    monkeypatch.setattr(timing, "time_fn", fake_time_fn)
     threads = torch.get_num_threads()
     timing.bench_row(suite.fixed_cost_rows()[0], 0.0)
-    assert seen == [1, 1] and torch.get_num_threads() == threads
+    assert seen == [(1, True), (1, True)] and torch.get_num_threads() == threads
+    seen.clear()
+    row = suite.make_row("unfold", "t", (1, 2, 8, 8), 3)
+    timing.bench_row(row, 0.0, peers=("torch",))
+    assert seen == [(threads, False), (threads, False)]
 
 
 def test_fixed_cost_script_prints_every_target(capsys: pytest.CaptureFixture[str]) -> None:
