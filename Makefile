@@ -9,7 +9,7 @@ help:
 	@echo "make check       lint + format check (ruff) and type check (mypy)"
 	@echo "make format      reformat src/ and tests/ with ruff"
 	@echo "make bench       full benchmark suite -> benchmarks/results.{md,png,json}"
-	@echo "make bench-quick reduced benchmark suite (about a minute on 2 idle cores)"
+	@echo "make bench-quick reduced benchmark suite (about a minute on 2 idle cores, 2-3 when busy)"
 	@echo "make bench-fixed-cost  issue 12's targets only: small calls and small layers"
 	@echo "make docs        regenerate docs/api.md and docs/conv_as_matmul.png"
 	@echo "make fuzz        long differential fuzz (10,000 cases; exits 1 on a mismatch)"

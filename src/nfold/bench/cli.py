@@ -16,7 +16,9 @@ from .render import render_markdown, render_table
 from .suite import FIXED_COST_OPS, Row, suite
 from .timing import bench_row
 
-QUICK_PROMISE = "about a minute"  # what --quick takes on 2 idle cores (see suite())
+# --quick measured at 61 s of CPU time (so at most about a minute of wall time on 2 idle
+# cores) and 130-180 s of wall time at load averages 3-9 on 2 shared cores.
+QUICK_PROMISE = "about a minute on 2 idle cores, 2-3 minutes on a busy machine"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"reduced suite at small sizes (takes {QUICK_PROMISE} on an idle machine)",
+        help=f"reduced suite at small sizes (takes {QUICK_PROMISE})",
     )
     parser.add_argument("--json", metavar="FILE", help="write the raw numbers as JSON")
     parser.add_argument(
@@ -49,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-run-time",
         type=float,
         default=None,
-        help="seconds per Timer.blocked_autorange (default 0.5; 0.05 with --quick)",
+        help="seconds of Timer.blocked_autorange per implementation and row, split over "
+        "the round-robin rounds (default 0.5 in 3 rounds; 0.05 in 1 with --quick)",
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocess")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # toy sizes, tests
