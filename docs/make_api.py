@@ -54,7 +54,7 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     (
         "Diagnostics",
         "Tell a bug from round-off when comparing a model built on nfold with torch.",
-        ["check_model"],
+        ["check_model", "compare"],
     ),
     (
         "unfoldNd compatibility",
