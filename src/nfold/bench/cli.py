@@ -16,8 +16,8 @@ from .render import render_markdown, render_table
 from .suite import FIXED_COST_OPS, Row, suite
 from .timing import bench_row
 
-# --quick measured at 61 s of CPU time (so at most about a minute of wall time on 2 idle
-# cores) and 130-180 s of wall time at load averages 3-9 on 2 shared cores.
+# --quick measured on 2 shared cores: 23 s at a quiet moment, 73-76 s at load 3.5,
+# 130-180 s at load 5-9.
 QUICK_PROMISE = "about a minute on 2 idle cores, 2-3 minutes on a busy machine"
 
 
