@@ -3,6 +3,7 @@
     python benchmarks/fixed_cost.py                  # both sections, about a minute
     python benchmarks/fixed_cost.py --only fixed     # the (1,1,4,4) calls, ~20 s
     python benchmarks/fixed_cost.py --only layers    # All-CNN-C conv6-conv8, README, fold
+    python benchmarks/fixed_cost.py --threads 1      # steadier on a busy machine
 
 fixed cost  ``unfold``, ``fold``, ``conv`` and the modules ``Unfold``, ``Fold``, ``Conv2d``
             on a (1, 1, 4, 4) input (k3 p1) against torch's same call, with plain inputs,
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+import torch
 
 from nfold.bench import cli, machine, render, suite, timing
 
@@ -107,8 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         default=0.2,
         help="seconds per Timer.blocked_autorange and implementation (default 0.2)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for the small-layer rows (default: torch's); 1 gives steadier "
+        "ratios on a busy machine, where OpenMP waits for descheduled threads",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     meta = machine.machine_info()
     for line in machine.missing_peers(meta):
         cli.progress(line)
@@ -124,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         cli.progress(f"[{i}/{len(rows)}] {row.id}")
     print(
         f"torch {meta['torch']}, nfold {meta['nfold']}, {meta['usable_cores']} usable cores, "
-        f"load average {machine.load_average()}; ratio = nfold time / baseline time\n"
+        f"{torch.get_num_threads()} torch threads (fixed cost: 1), load average "
+        f"{machine.load_average()}; ratio = nfold time / baseline time\n"
     )
     print(render_targets(results))
     if warning or machine.busy_warning():

@@ -285,6 +285,14 @@ def test_fixed_cost_script_prints_every_target(capsys: pytest.CaptureFixture[str
     assert "ratios meet their target" in out
 
 
+def test_fixed_cost_script_threads_option(capsys: pytest.CaptureFixture[str]) -> None:
+    script = _script("fixed_cost")
+    threads = torch.get_num_threads()
+    assert script.main(["--tiny", "--min-run-time", "0", "--only", "layers", "--threads", "1"]) == 0
+    assert "1 torch threads (fixed cost: 1)" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads
+
+
 def test_fixed_cost_script_rows() -> None:
     script = _script("fixed_cost")
     rows = script.target_rows()
