@@ -615,7 +615,7 @@ def test_fold_scatter_only_when_its_index_is_small(monkeypatch):
     real = patches._fold_scatter
     monkeypatch.setattr(patches, "_fold_scatter", lambda *a: calls.append(1) or real(*a))
     # float32, 143 KB index: 2x / (1/8)x the input; then a 2 KB index
-    for planes, osize, expected in (((1, (400, 7), 0), (16, (400, 7), 1), (1, (8, 7), 2))):
+    for planes, osize, expected in ((1, (400, 7), 0), (16, (400, 7), 1), (1, (8, 7), 2)):
         y = make_tensor((planes, 9, (osize[0] - 2) * 5), torch.float32, seed=71)
         assert torch.equal(nfold.fold(y, osize, 3), F.fold(y, osize, 3))
         assert len(calls) == expected
