@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -57,14 +58,14 @@ def _window_view(x: torch.Tensor, geom: Geometry, kernel_last: bool = True) -> t
     return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
 
 
-def _blocks(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """:func:`_window_view` ``(B, C, *k, *L)`` for the core's forwards (no autograd there):
-    one ``as_strided``, in whatever layout ``x`` has. Dynamo cannot trace
-    ``storage_offset`` inside an autograd.Function, so compiled code takes the chain."""
+def _blocks(x: torch.Tensor, geom: Geometry, blocks: Sequence[int]) -> torch.Tensor:
+    """:func:`_window_view` ``(B, C, *k, *L)`` of an already padded ``x`` (``blocks`` = L)
+    for the core's forwards (no autograd there): one ``as_strided``, in whatever layout
+    ``x`` has. Dynamo cannot trace ``storage_offset`` inside an autograd.Function, so
+    compiled code takes the chain."""
     if torch.compiler.is_compiling():
         return _window_view(x, geom, kernel_last=False)
     strides = x.stride()[2:]
-    blocks = geom.unpadded().blocks(x.shape[2:])
     grid = [s * t for s, t in zip(strides, geom.stride, strict=True)]
     offsets = [s * d for s, d in zip(strides, geom.dilation, strict=True)]
     size, stride = (*x.shape[:2], *geom.kernel, *blocks), (*x.stride()[:2], *offsets, *grid)
@@ -74,12 +75,14 @@ def _blocks(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
 def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
     """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the device policy's
     ``pad_chunk_bytes``, so unfold's peak memory is its output plus that, not plus a
-    padded copy of the whole input."""
+    padded copy of the whole input. ``[]``: all of ``x`` at once."""
     batch, channels = x.shape[:2]
     if not _args.has_padding(pads):
-        return [(slice(None), slice(None))]
+        return []
     budget = _plan.policy(x.device).pad_chunk_bytes
     plane = x.element_size() * math.prod(_args.padded_size(x.shape[2:], pads))
+    if plane * channels * batch <= budget:
+        return []
     if plane * channels <= budget:
         step = max(1, budget // max(plane * channels, 1))
         return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
@@ -96,18 +99,20 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     batch, channels = x.shape[:2]
     outs = geom.blocks(tuple(x.shape[2:]))
     rows, length = channels * math.prod(kernel), math.prod(outs)
-    if not (geom.padded or geom.flip or rows_first):  # one strided copy
-        blocks = _blocks(x, geom)
+    flat_pads = [p for pair in reversed(geom.padding) for p in pair]
+    chunks = _pad_chunks(x, geom.padding)
+    if not (chunks or geom.flip or rows_first):  # (pad and) one strided copy
+        part = F.pad(x, flat_pads) if geom.padded else x
+        blocks = _blocks(part, geom, outs)
         return blocks.clone(memory_format=torch.contiguous_format).view(batch, rows, length)
     if rows_first:
         shape = (channels, *kernel, batch, *outs)
         cols = torch.empty(shape, dtype=x.dtype, device=x.device).movedim(1 + n, 0)
     else:
         cols = torch.empty((batch, channels, *kernel, *outs), dtype=x.dtype, device=x.device)
-    flat_pads = [p for pair in reversed(geom.padding) for p in pair]
-    for chunk in _pad_chunks(x, geom.padding):
-        part = F.pad(x[chunk], flat_pads) if any(flat_pads) else x[chunk]
-        blocks = _blocks(part, geom)  # (b, c, *k, *L)
+    for chunk in chunks or [(slice(None), slice(None))]:
+        part = F.pad(x[chunk], flat_pads) if geom.padded else x[chunk]
+        blocks = _blocks(part, geom, outs)  # (b, c, *k, *L)
         dst = cols[chunk]
         if geom.flip:  # torch has no negative strides: copy one kernel offset at a time
             for offset in itertools.product(*(range(k) for k in kernel)):
@@ -228,7 +233,7 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
     if geom.disjoint:  # each element gets at most one term, 0 + x: one strided add
-        _blocks(out, geom).add_(cols)
+        _blocks(out, geom, blocks).add_(cols)
         return out if acc == y.dtype else out.to(y.dtype)
     plans = [
         _phase_plan(size, k, d, lo, s, nb, geom.flip)
