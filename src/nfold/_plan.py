@@ -13,6 +13,7 @@ Plans are plain tuples of ints and strings, so they are free under ``torch.compi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -25,10 +26,15 @@ from . import _args
 from ._args import Pads
 
 
-class Geometry(NamedTuple):
+@dataclass(frozen=True)
+class Geometry:
     """The block grid of unfold / fold: ``kernel``, ``dilation``, per-side zero
     ``padding`` ``((lo, hi), ...)`` and ``stride`` per spatial dim; ``flip`` reverses the
-    kernel (the im2col of a transposed convolution)."""
+    kernel (the im2col of a transposed convolution).
+
+    A frozen dataclass, not a NamedTuple: ``Function.apply`` walks its arguments as a
+    pytree on every call, which a leaf makes free (a NamedTuple of tuples cost ~20 us).
+    """
 
     kernel: tuple[int, ...]
     dilation: tuple[int, ...]
@@ -62,7 +68,7 @@ class Geometry(NamedTuple):
         return _args.output_size(spatial, self.kernel, self.dilation, self.padding, self.stride)
 
     def unpadded(self) -> Geometry:
-        return self._replace(padding=((0, 0),) * len(self.kernel))
+        return dataclasses.replace(self, padding=((0, 0),) * len(self.kernel))
 
 
 # --------------------------------------------------------------------------- policy
@@ -285,7 +291,9 @@ def fold_plan(
             f"input's channel dim ({batch_shape[1]}) must be divisible by prod(kernel_size) = "
             f"{k_numel} (kernel_size={geom.kernel})"
         )
-    blocks = _args.output_size(spatial, *geom[:4], name="output_size")
+    blocks = _args.output_size(
+        spatial, geom.kernel, geom.dilation, geom.padding, geom.stride, name="output_size"
+    )
     if batch_shape[2] != math.prod(blocks):
         raise ValueError(
             f"input's last dim ({batch_shape[2]}) must equal the number of blocks "

@@ -23,6 +23,7 @@ order).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -199,14 +200,16 @@ def _add_bias(leaf: _slabs.Leaf, bias: torch.Tensor | None, n: int) -> _slabs.Le
 # --------------------------------------------------------------------------- kernels
 
 
-class ConvSpec(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
     """``conv`` of one slab: im2col with ``geometry``, then ``groups`` GEMMs."""
 
     geometry: Geometry
     groups: int
 
 
-class ConvTransposeSpec(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class ConvTransposeSpec:
     """``conv_transpose`` of one slab: ``groups`` GEMMs, then col2im with ``geometry``
     onto ``size``, then ``F.pad`` by ``extend`` (rows no input reaches)."""
 
@@ -262,7 +265,7 @@ def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Te
 
 
 def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    geom, g = spec
+    geom, g = spec.geometry, spec.groups
     outs = geom.blocks(tuple(x.shape[2:]))
     length, c_out = math.prod(outs), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
@@ -279,7 +282,7 @@ def _conv_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Input and weight gradients, tile by tile; the unfolded input is recomputed rather
     than saved, so training holds no more than one tile of it."""
-    geom, g = spec
+    geom, g = spec.geometry, spec.groups
     length, c_out = math.prod(grad.shape[2:]), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
     rows = x.shape[1] * math.prod(geom.kernel)
@@ -318,7 +321,7 @@ def _conv_backward(
 def _conv_transpose_forward(
     x: torch.Tensor, w: torch.Tensor, spec: ConvTransposeSpec
 ) -> torch.Tensor:
-    geom, size, extend, g = spec
+    geom, size, extend, g = spec.geometry, spec.size, spec.extend, spec.groups
     c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)  # (G, C_out/G * prod(k), C_in/G)
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
@@ -339,7 +342,7 @@ def _conv_transpose_backward(
     spec: ConvTransposeSpec,
     needs: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    geom, size, extend, g = spec
+    geom, extend, g = spec.geometry, spec.extend, spec.groups
     c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
     if any(extend):

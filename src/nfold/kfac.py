@@ -390,7 +390,8 @@ def patch_covariance(
     sizes = {"kernel_size": kernel_size, "dilation": dilation, "padding": padding, "stride": stride}
     x, n, _ = _args.spatial_input(input, sizes)
     acc = _accumulate_dtype(x)
-    kernel, dil, pads, st, _ = _plan.geometry(n, kernel_size, dilation, padding, stride)
+    layer = _plan.geometry(n, kernel_size, dilation, padding, stride)
+    kernel, dil, pads, st = layer.kernel, layer.dilation, layer.padding, layer.stride
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     g = _args.groups(groups, **{"input channels": x.shape[1]})
     if not isinstance(bias, bool):

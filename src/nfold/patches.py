@@ -360,10 +360,23 @@ def _old_style(cls: _Function) -> _Function:
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
+def _graph_needed(args: tuple[Any, ...]) -> bool:
+    """Whether a call must record autograd state: a tensor argument requires grad (and
+    grad mode is on), or forward-mode AD is active (tangents exist only inside
+    ``forward_ad.dual_level()``; an unknown level counts as active)."""
+    if getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0:
+        return True
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    )
+
+
 class Variants(NamedTuple):
     """One op as three Functions with the same forward and backward (so results agree
     bitwise): ``core`` for torch.compile (dynamo cannot trace a custom jvp or vmap),
-    ``full`` (jvp, vmap) under functorch transforms, ``eager`` (old-style, jvp) else."""
+    ``full`` (jvp, vmap) under functorch transforms, ``eager`` (old-style, jvp) else;
+    where no gradient can be asked for, the forward alone (a Function's bookkeeping
+    costs more than a small unfold)."""
 
     core: _Function
     full: _Function
@@ -374,6 +387,8 @@ class Variants(NamedTuple):
             fn = self.core
         elif _transforms_active is None or _transforms_active():
             fn = self.full  # the same check torch's own Function.apply makes
+        elif not _graph_needed(args):
+            return self.core.forward(*args)  # type: ignore[no-any-return]
         else:
             fn = self.eager
         return fn.apply(*args)  # type: ignore[no-any-return]
