@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _args
+from . import _args, _native
 from ._args import IntOrTuple, PaddingArg, Pads
 from .patches import Geometry, _check_pad_mode, _fold, _signature_once, _unfold, pad
 
@@ -440,6 +440,8 @@ def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- conv
 
+_METHODS = ("auto", "gemm")
+
 
 def conv(
     input: torch.Tensor,
@@ -451,8 +453,10 @@ def conv(
     groups: int = 1,
     padding_mode: str = "zeros",
     max_workspace_bytes: int | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """N-d convolution (cross-correlation, as torch's) computed as unfold -> matmul -> reshape.
+    """N-d convolution (cross-correlation, as torch's): torch's native conv over the
+    trailing dims (``method="auto"``) or unfold -> matmul -> reshape (``"gemm"``).
 
     Same result as ``torch.nn.functional.conv{N}d`` for N <= 3, for any N >= 1.
 
@@ -469,6 +473,11 @@ def conv(
         max_workspace_bytes: if set, the unfolded matrix is built and consumed in slabs
             (over the batch, then over output positions) so that no intermediate is larger;
             equal to the unchunked result (bitwise for batch chunks, else to round-off).
+        method: "auto" (default): torch's own ``conv{N}d`` for N <= 3; for N > 3 the
+            leading N - 3 dims unfolded into channels (and their positions into the
+            batch) around one ``F.conv3d``; "gemm" where torch has no conv kernel for the
+            dtype on the device. "gemm": every dim unfolded, nfold's own matmul arithmetic
+            (deterministic, the same on every device).
 
     Returns:
         ``(B, C_out, *L)`` (or ``(C_out, *L)``),
@@ -485,6 +494,7 @@ def conv(
     dil = _args.ntuple(dilation, n, "dilation")
     pads = _args.padding_pairs(padding, n, kernel, dil, st)
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
+    method = _args.choice(method, "method", _METHODS)
     c_in, c_out = x.shape[1], w.shape[0]
     g = _check_groups(groups, c_in, c_out, "input channels (C_in)", "weight.shape[0] (C_out)")
     if c_in != w.shape[1] * g:
@@ -526,6 +536,9 @@ def conv(
         )
 
     _args.check_conv_alloc(x, c_out, kernel, dil, pads, st, mode, chunked=limit is not None)
+    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=False):
+        out = _native.conv(x, w, b, st, dil, pads, mode, g, limit)
+        return out if batched else out.squeeze(0)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
@@ -564,8 +577,10 @@ def conv_transpose(
     dilation: IntOrTuple = 1,
     output_size: IntOrTuple | None = None,
     max_workspace_bytes: int | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """N-d transposed convolution computed as (grouped) matmul -> fold.
+    """N-d transposed convolution: torch's native transposed conv over the trailing dims
+    then fold over the rest (``method="auto"``), or (grouped) matmul -> fold (``"gemm"``).
 
     Same result as ``torch.nn.functional.conv_transpose{N}d`` for N <= 3, for any N >= 1.
 
@@ -581,6 +596,10 @@ def conv_transpose(
         max_workspace_bytes: if set, work in output slabs (over the batch, then over
             output positions) so that no intermediate is larger; equal to the unchunked
             result (bitwise for batch chunks, else to round-off).
+        method: "auto" (default): torch's own ``conv_transpose{N}d`` for N <= 3; for
+            N > 3 one ``F.conv_transpose3d`` over the trailing dims, then ``fold`` over the
+            leading N - 3; "gemm" where torch has no kernel for the dtype on the device.
+            "gemm": matmul -> fold over every dim (nfold's own arithmetic).
 
     Returns:
         ``(B, C_out, *O)`` (or unbatched),
@@ -602,6 +621,7 @@ def conv_transpose(
     pad_ = _args.ntuple(padding, n, "padding", min_value=0)
     out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
     dil = _args.ntuple(dilation, n, "dilation")
+    method = _args.choice(method, "method", _METHODS)
     c_in = x.shape[1]
     if c_in != w.shape[0]:
         raise ValueError(
@@ -649,6 +669,9 @@ def conv_transpose(
         )
 
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
+    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=True):
+        out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit)
+        return out if batched else out.squeeze(0)
 
     # ---- work starts here
     def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
