@@ -27,6 +27,7 @@ kernel may allocate, so the bound holds whatever kernel torch picks.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -118,6 +119,9 @@ def _conv(
     m = min(n, 3)
     lead = n - m
     trail_pads = pads[lead:]
+    if 0 in x.shape[2:]:  # a slab that sees only padding: torch's conv rejects it unpadded
+        x, pads = F.pad(x, [p for pair in reversed(pads) for p in pair]), ((0, 0),) * n
+        trail_pads = pads[lead:]
     if any(lo != hi for lo, hi in trail_pads) or (lead and _args.has_padding(pads[:lead])):
         # F.conv takes symmetric padding only; pad the rest (and the leading dims) here
         sym = [min(lo, hi) for lo, hi in trail_pads]
@@ -130,6 +134,8 @@ def _conv(
         trail = tuple(lo for lo, _ in trail_pads)
     if not lead:
         return _CONV[m](x, w, bias, stride, trail, dilation, groups)
+    if _sum_offsets(x, w, groups):
+        return _conv_sum(x, w, bias, stride, dilation, trail, groups)
     kernel = tuple(w.shape[2:])
     batch, c_in, c_out = x.shape[0], x.shape[1], w.shape[0]
     view = x
@@ -149,6 +155,62 @@ def _conv(
     y = _CONV[m](cols, w_m, bias, stride[lead:], trail, dilation[lead:], groups)
     y = y.view(batch, *outs_lead, c_out, *y.shape[2:])
     return y.movedim(1 + lead, 1).contiguous()
+
+
+def _sum_offsets(x: torch.Tensor, w: torch.Tensor, groups: int) -> bool:
+    """Sum one native conv per leading offset instead of merging the offsets into channels:
+    for depthwise convs only.
+
+    Merged, a depthwise conv has prod(k_lead) channels per group, which torch's depthwise
+    kernels do not take: 6x slower than one depthwise conv per offset in the forward
+    (benchmarks/conv_engine.py, 4-d depthwise). Elsewhere merging measured as fast or
+    faster, forward and forward+backward, at 2 to 32 channels: one larger conv instead of
+    prod(k_lead) small ones, and no full-size gradient buffer per offset in backward.
+    """
+    return groups > 1 and groups == x.shape[1]
+
+
+def _conv_sum(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    trail: tuple[int, ...],
+    groups: int,
+) -> torch.Tensor:
+    """``sum_j conv_m(x[offset j], w[:, :, j])`` over the leading kernel offsets j; ``x`` is
+    already padded along the leading dims, ``trail`` is the trailing (symmetric) padding."""
+    n = len(stride)
+    m = min(n, 3)
+    lead = n - m
+    kernel = tuple(w.shape[2:])
+    batch, c_in, c_out = x.shape[0], x.shape[1], w.shape[0]
+    outs_lead = _args.output_size(
+        tuple(x.shape[2 : 2 + lead]), kernel[:lead], dilation[:lead], ((0, 0),) * lead, stride[:lead]
+    )
+    # (*S_lead, B, C, *S_trail): with stride 1 along one leading dim, a slice is a view
+    rows = x.permute(*range(2, 2 + lead), 0, 1, *range(2 + lead, 2 + n)).contiguous()
+    out = None
+    for offset in itertools.product(*(range(k) for k in kernel[:lead])):
+        index = tuple(
+            slice(j * d, j * d + (o - 1) * s + 1, s)
+            for j, d, s, o in zip(offset, dilation, stride, outs_lead, strict=False)
+        )
+        part = rows[index].reshape(_args.prod(outs_lead) * batch, c_in, *x.shape[2 + lead :])
+        term = _CONV[m](
+            part,
+            w[(slice(None), slice(None), *offset)],
+            bias if out is None else None,
+            stride[lead:],
+            trail,
+            dilation[lead:],
+            groups,
+        )
+        out = term if out is None else out + term
+    assert out is not None
+    out = out.view(*outs_lead, batch, c_out, *out.shape[2:])
+    return out.permute(lead, lead + 1, *range(lead), *range(lead + 2, n + 2)).contiguous()
 
 
 def _conv_slabs(
@@ -173,9 +235,9 @@ def _conv_slabs(
         size, lo = x.shape[2 + i], ps[i][0]
         a = o0 * stride[i] - lo  # input coordinate of the slab's first padded element
         e = (o1 - 1) * stride[i] + spans[i] - lo  # one past its last
-        new_lo, new_hi = max(-a, 0), max(e - size, 0)
-        start = max(a, 0)
-        part = x.narrow(2 + i, start, min(e, size) - start)
+        new_lo = min(max(-a, 0), e - a)
+        new_hi = min(max(e - size, 0), e - a - new_lo)
+        part = x.narrow(2 + i, min(max(a, 0), size), e - a - new_lo - new_hi)
         return part, (*ps[:i], (new_lo, new_hi), *ps[i + 1 :])
 
     def split(x: torch.Tensor, ps: Pads, i: int) -> torch.Tensor:

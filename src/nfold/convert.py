@@ -6,6 +6,7 @@ import copy
 
 from torch import nn
 
+from . import _args
 from .conv_modules import (
     Conv1d,
     Conv2d,
@@ -36,7 +37,7 @@ def _twin(module: nn.Module) -> nn.Module:
     return new
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn.Module:
     """Replace every ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d`` by its nfold twin.
 
     Only modules whose type is exactly one of those six torch classes are replaced
@@ -49,6 +50,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         model: any ``nn.Module`` (may itself be a conv layer).
         inplace: modify ``model`` itself; otherwise a deep copy is converted and
             ``model`` is left untouched (the copy's parameters are then new objects).
+        method: the twins' ``method``: "gemm" (nfold's own unfold -> matmul arithmetic)
+            or "auto" (torch's native conv), as :func:`nfold.conv`.
 
     Returns:
         The converted model (``model`` itself when ``inplace`` and it is not a conv).
@@ -59,6 +62,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    method = _args.choice(method, "method", ("auto", "gemm"))
     if not inplace:
         model = copy.deepcopy(model)
     memo: dict[int, nn.Module] = {}
@@ -67,6 +71,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         if type(module) in TWINS:
             if id(module) not in memo:
                 memo[id(module)] = _twin(module)
+                memo[id(module)].method = method  # type: ignore[assignment]
             return memo[id(module)]
         return module
 
