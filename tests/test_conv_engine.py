@@ -159,11 +159,16 @@ def small_limit(transposed: bool, x: torch.Tensor, w: torch.Tensor, kw: dict[str
     stride = kw.get("stride", 1)
     stride = (stride,) * n if isinstance(stride, int) else stride
     dilation = kw.get("dilation", 1)
-    spans = [(dilation if isinstance(dilation, int) else dilation[i]) * (k - 1) + 1 for i, k in enumerate(kernel)]
+    spans = [
+        (dilation if isinstance(dilation, int) else dilation[i]) * (k - 1) + 1
+        for i, k in enumerate(kernel)
+    ]
     c_in = x.shape[-n - 1]
     if transposed:
         c_out = w.shape[1] * kw.get("groups", 1)
-        rows = _prod(min(sz, -(-sp // st)) for sz, sp, st in zip(x.shape[-n:], spans, stride))
+        rows = _prod(
+            min(sz, -(-sp // st)) for sz, sp, st in zip(x.shape[-n:], spans, stride, strict=False)
+        )
         one = item * max(c_out * _prod(kernel) * rows, c_in * rows, c_out)
     else:
         one = item * max(c_in * _prod(kernel), c_in * _prod(spans), w.shape[0])
@@ -183,7 +188,8 @@ def check_all(transposed: bool, n: int, setting: dict[str, Any], monkeypatch) ->
     x, w, b, kw = operands(n, setting, transposed)
     if transposed and "output_size" in kw:  # one more than the smallest size, per dim
         smallest = [
-            (s - 1) * kw.get("stride", 1) + (k - 1) + 1 for s, k in zip(x.shape[-n:], w.shape[2:])
+            (s - 1) * kw.get("stride", 1) + (k - 1) + 1
+            for s, k in zip(x.shape[-n:], w.shape[2:], strict=False)
         ]
         kw["output_size"] = tuple(v + kw["output_size"] for v in smallest)
     ref_kw = dict(kw)
@@ -194,7 +200,8 @@ def check_all(transposed: bool, n: int, setting: dict[str, Any], monkeypatch) ->
         size = ref_kw.pop("output_size")
         stride = ref_kw.get("stride", 1)
         ref_kw["output_padding"] = tuple(
-            o - ((s - 1) * stride + k) for o, s, k in zip(size, x.shape[-n:], w.shape[2:])
+            o - ((s - 1) * stride + k)
+            for o, s, k in zip(size, x.shape[-n:], w.shape[2:], strict=False)
         )
     expected = outputs_and_grads(lambda *t: ref_fn(*t, **ref_kw), x, w, b)
     results = {
@@ -214,21 +221,25 @@ def check_all(transposed: bool, n: int, setting: dict[str, Any], monkeypatch) ->
 
 
 # N = 5 (slow references) on the settings where a second leading dim matters
-FIVE_D = {"plain", "stride_tuple", "pad_pairs", "groups2", "depthwise", "combo", "reflect",
-          "unbatched", "dilation3_output_padding2", "padding_past_output_padding",
-          "output_size"}  # fmt: skip
+FIVE_D = {"plain", "combo", "depthwise", "dilation3_output_padding2", "output_size"}
 
 
 def cases(settings: dict[str, dict[str, Any]]) -> list[tuple[str, int]]:
     return [(s, n) for s in settings for n in (1, 2, 3, 4, 5) if n < 5 or s in FIVE_D]
 
 
-@pytest.mark.parametrize(("setting", "n"), cases(CONV_SETTINGS), ids=lambda v: str(v) if isinstance(v, str) else f"N{v}")
+@pytest.mark.parametrize(
+    ("setting", "n"), cases(CONV_SETTINGS), ids=lambda v: str(v) if isinstance(v, str) else f"N{v}"
+)
 def test_conv_methods_agree(setting: str, n: int, monkeypatch) -> None:
     check_all(False, n, CONV_SETTINGS[setting], monkeypatch)
 
 
-@pytest.mark.parametrize(("setting", "n"), cases(TRANSPOSE_SETTINGS), ids=lambda v: str(v) if isinstance(v, str) else f"N{v}")
+@pytest.mark.parametrize(
+    ("setting", "n"),
+    cases(TRANSPOSE_SETTINGS),
+    ids=lambda v: str(v) if isinstance(v, str) else f"N{v}",
+)
 def test_conv_transpose_methods_agree(setting: str, n: int, monkeypatch) -> None:
     check_all(True, n, TRANSPOSE_SETTINGS[setting], monkeypatch)
 
@@ -241,11 +252,16 @@ def test_conv_transpose_methods_agree(setting: str, n: int, monkeypatch) -> None
 def test_gradcheck_gradgradcheck_4d_auto(transposed: bool, strategy: bool, monkeypatch) -> None:
     monkeypatch.setattr(_native, "_sum_offsets", lambda *a: strategy)
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2, 3, 4, 3, 3, generator=gen, dtype=F64, requires_grad=True)
-    w = torch.randn(2, 2, 2, 2, 1, 2, generator=gen, dtype=F64, requires_grad=True)
+    x = torch.randn(1, 2, 3, 2, 2, 3, generator=gen, dtype=F64, requires_grad=True)
+    w = torch.randn(2, 1, 2, 2, 1, 2, generator=gen, dtype=F64, requires_grad=True)
     b = torch.randn(2, generator=gen, dtype=F64, requires_grad=True)
     if transposed:
-        kw = {"stride": (2, 1, 1, 2), "padding": 1, "output_padding": (1, 0, 0, 1)}
+        kw = {
+            "stride": (2, 1, 1, 2),
+            "padding": (1, 0, 0, 1),
+            "output_padding": (1, 0, 0, 1),
+            "groups": 2,
+        }
 
         def fn(x, w, b):
             return conv_transpose(x, w, b, method="auto", **kw)
@@ -273,7 +289,10 @@ KW4 = {"padding": 1, "groups": 2, "stride": (2, 1, 1, 1)}
 def test_jvp_4d_auto() -> None:
     x, w, b = _case4d()
     gen = torch.Generator().manual_seed(4)
-    tx, tw = torch.randn(x.shape, generator=gen, dtype=F64), torch.randn(w.shape, generator=gen, dtype=F64)
+    tx, tw = (
+        torch.randn(x.shape, generator=gen, dtype=F64),
+        torch.randn(w.shape, generator=gen, dtype=F64),
+    )
 
     def fn(x, w):
         return conv(x, w, b, method="auto", **KW4)
@@ -305,12 +324,16 @@ def test_compile_fullgraph_4d_auto(transposed: bool) -> None:
     else:
         kw, op = KW4, conv
     eager = op(x, w, b, method="auto", **kw)
-    compiled = torch.compile(lambda x, w, b: op(x, w, b, method="auto", **kw), fullgraph=True)
+    compiled = torch.compile(
+        lambda x, w, b: op(x, w, b, method="auto", **kw), fullgraph=True, backend="eager"
+    )
     out = compiled(x, w, b)
     assert_rel(out, eager)
     g = torch.ones_like(out)
     for a, e in zip(
-        torch.autograd.grad(out, (x, w, b), g), torch.autograd.grad(eager, (x, w, b), g), strict=True
+        torch.autograd.grad(out, (x, w, b), g),
+        torch.autograd.grad(eager, (x, w, b), g),
+        strict=True,
     ):
         assert_rel(a, e)
 
@@ -319,10 +342,10 @@ def test_output_is_an_ordinary_tensor() -> None:
     """In-place ops and ReLU(inplace=True) on an auto output, with correct gradients."""
     x, w, b = _case4d(grad=True)
     out = conv(x, w, b, method="auto", **KW4)
-    nn.ReLU(inplace=True)(out)
     out += 1
+    nn.ReLU(inplace=True)(out)
     got = torch.autograd.grad(out.sum(), (x, w, b))
-    expected_out = conv(x, w, b, method="gemm", **KW4).relu() + 1
+    expected_out = (conv(x, w, b, method="gemm", **KW4) + 1).relu()
     assert_rel(out, expected_out)
     for a, e in zip(got, torch.autograd.grad(expected_out.sum(), (x, w, b)), strict=True):
         assert_rel(a, e)
@@ -350,10 +373,7 @@ def test_autocast_bfloat16(n: int) -> None:
     w = torch.randn(6, 4, *KERNEL[n], generator=gen)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = conv(x, w, padding=1, method="auto")
-        if n == 2:
-            expected = F.conv2d(x, w, padding=1)
-        else:
-            expected = conv(x, w, padding=1, method="gemm")
+        expected = F.conv2d(x, w, padding=1) if n == 2 else conv(x, w, padding=1, method="gemm")
     assert got.dtype == expected.dtype == torch.bfloat16
     exact = _reference.conv(x.bfloat16().double(), w.bfloat16().double(), padding=1)
     if n == 2:
@@ -395,14 +415,17 @@ def test_probe_runs_once_per_key(monkeypatch, fresh_probe_cache) -> None:
     monkeypatch.setattr(_native, "_probe", lambda *a: calls.append(a[1:]) or real(*a))
     x, w, b = _case4d()
     for _ in range(3):
-        conv(x, w, b, method="auto")
-        conv(x[:, :, 0], w[:, :, 0], b, method="auto")
+        conv(x, w, b, method="auto", groups=2)
+        conv(x[:, :2, 0], w[:, :, 0], b, method="auto")
     assert calls == [(F64, 3, False)]
 
 
 def test_complex32_has_no_native_kernel_so_auto_is_gemm(fresh_probe_cache) -> None:
     assert not _native.native(torch.device("cpu"), torch.complex32, 2, False)
-    x, w = torch.ones(1, 2, 3, 3, dtype=torch.complex32), torch.ones(2, 2, 2, 2, dtype=torch.complex32)
+    x, w = (
+        torch.ones(1, 2, 3, 3, dtype=torch.complex32),
+        torch.ones(2, 2, 2, 2, dtype=torch.complex32),
+    )
     errors = []
     for method in ("auto", "gemm"):
         with pytest.raises(Exception) as info:  # noqa: PT011 (whatever gemm raises)
@@ -423,13 +446,13 @@ def test_workspace_bounds_native_calls(transposed: bool, n: int, monkeypatch) ->
     spatial = (6, 7, 6, 5)[-n:] if n == 4 else (7, 6, 5)
     x = torch.randn(3, 4, *spatial, generator=gen, dtype=F64)
     kernel = (3,) * n
-    w = torch.randn(4, 3, *kernel, generator=gen, dtype=F64)
+    w = torch.randn(*((4, 3) if transposed else (3, 4)), *kernel, generator=gen, dtype=F64)
     kw: dict[str, Any] = {"stride": 2, "padding": 1}
     if transposed:
         kw["output_padding"] = 1
     fn = conv_transpose if transposed else conv
     unbounded = fn(x, w, method="auto", **kw)
-    limit = 40_000
+    limit = 40_000 if transposed else 20_000
     seen: list[int] = []
     table = _native._CONV_TRANSPOSE if transposed else _native._CONV
     real = table[3]
@@ -469,7 +492,15 @@ def _prod(values) -> int:
         lambda: nfold.ConvTranspose3d(1, 1, 1, method=3),
         lambda: nfold.convert(nn.Conv2d(1, 1, 1), method="native"),
     ],
-    ids=["conv", "conv_transpose", "ConvNd", "ConvTransposeNd", "Conv2d", "ConvTranspose3d", "convert"],
+    ids=[
+        "conv",
+        "conv_transpose",
+        "ConvNd",
+        "ConvTransposeNd",
+        "Conv2d",
+        "ConvTranspose3d",
+        "convert",
+    ],
 )
 def test_bad_method_is_a_value_error_naming_it(call) -> None:
     with pytest.raises(ValueError, match="method must be one of 'auto', 'gemm'"):

@@ -97,7 +97,12 @@ def conv(
         return (
             item
             * batch
-            * max(c_in * _args.prod(kernel) * cols, c_in * merged, c_out * cols, c_in * _args.prod(padded))
+            * max(
+                c_in * _args.prod(kernel) * cols,
+                c_in * merged,
+                c_out * cols,
+                c_in * _args.prod(padded),
+            )
         )
 
     def run(part: torch.Tensor, part_pads: Pads) -> torch.Tensor:
@@ -125,9 +130,7 @@ def _conv(
     if any(lo != hi for lo, hi in trail_pads) or (lead and _args.has_padding(pads[:lead])):
         # F.conv takes symmetric padding only; pad the rest (and the leading dims) here
         sym = [min(lo, hi) for lo, hi in trail_pads]
-        extra = tuple(
-            (lo - s, hi - s) for (lo, hi), s in zip(pads, [0] * lead + sym, strict=True)
-        )
+        extra = tuple((lo - s, hi - s) for (lo, hi), s in zip(pads, [0] * lead + sym, strict=True))
         x = F.pad(x, [p for pair in reversed(extra) for p in pair])
         trail: tuple[int, ...] = tuple(sym)
     else:
@@ -142,7 +145,8 @@ def _conv(
     for i in range(lead):  # (B, C, *L_lead, *S_trail, *span_lead)
         view = view.unfold(2 + i, dilation[i] * (kernel[i] - 1) + 1, stride[i])
     if any(d > 1 for d in dilation[:lead]):
-        view = view[(..., *(slice(None, None, d) for d in dilation[:lead]))]
+        every: tuple[Any, ...] = (..., *(slice(None, None, d) for d in dilation[:lead]))
+        view = view[every]
     outs_lead, spatial_trail = view.shape[2 : 2 + lead], x.shape[2 + lead :]
     # (B, *L_lead, C, *k_lead, *S_trail): one copy
     view = view.permute(
@@ -187,7 +191,11 @@ def _conv_sum(
     kernel = tuple(w.shape[2:])
     batch, c_in, c_out = x.shape[0], x.shape[1], w.shape[0]
     outs_lead = _args.output_size(
-        tuple(x.shape[2 : 2 + lead]), kernel[:lead], dilation[:lead], ((0, 0),) * lead, stride[:lead]
+        tuple(x.shape[2 : 2 + lead]),
+        kernel[:lead],
+        dilation[:lead],
+        ((0, 0),) * lead,
+        stride[:lead],
     )
     # (*S_lead, B, C, *S_trail): with stride 1 along one leading dim, a slice is a view
     rows = x.permute(*range(2, 2 + lead), 0, 1, *range(2 + lead, 2 + n)).contiguous()
@@ -198,9 +206,11 @@ def _conv_sum(
             for j, d, s, o in zip(offset, dilation, stride, outs_lead, strict=False)
         )
         part = rows[index].reshape(_args.prod(outs_lead) * batch, c_in, *x.shape[2 + lead :])
-        term = _CONV[m](
+        term = _CONV[
+            m
+        ](
             part,
-            w[(slice(None), slice(None), *offset)],
+            w[(slice(None), slice(None), *offset)],  # type: ignore[index]
             bias if out is None else None,
             stride[lead:],
             trail,
@@ -373,7 +383,9 @@ def _conv_transpose_slabs(
         return item * batch * max(c_out * k_numel * cells, c_in * cells) <= limit
 
     def uncropped(part: torch.Tensor) -> torch.Tensor:
-        size = tuple((s_ - 1) * st + sp for s_, st, sp in zip(part.shape[2:], stride, spans, strict=True))
+        size = tuple(
+            (s_ - 1) * st + sp for s_, st, sp in zip(part.shape[2:], stride, spans, strict=True)
+        )
         return _conv_transpose(part, w, None, stride, zeros, zeros, dilation, groups, size)
 
     def add(buf: torch.Tensor, part: torch.Tensor, origin: tuple[int, ...], i: int) -> torch.Tensor:
@@ -381,7 +393,10 @@ def _conv_transpose_slabs(
             piece = uncropped(part)
             index: tuple[Any, ...] = (
                 ...,
-                *(slice(a * st, a * st + p) for a, st, p in zip(origin, stride, piece.shape[2:], strict=True)),
+                *(
+                    slice(a * st, a * st + p)
+                    for a, st, p in zip(origin, stride, piece.shape[2:], strict=True)
+                ),
             )
             buf[index] += piece
             return buf
@@ -400,7 +415,7 @@ def _conv_transpose_slabs(
         max((s_ - 1) * st + sp, p + o)
         for s_, st, sp, p, o in zip(x.shape[2:], stride, spans, padding, outs, strict=True)
     )
-    crop = (..., *(slice(p, p + o) for p, o in zip(padding, outs, strict=True)))
+    crop: tuple[Any, ...] = (..., *(slice(p, p + o) for p, o in zip(padding, outs, strict=True)))
 
     def one(part: torch.Tensor) -> torch.Tensor:
         buf = part.new_zeros((part.shape[0], c_out, *full))
