@@ -28,6 +28,7 @@ kernel may allocate, so the bound holds whatever kernel torch picks.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -59,7 +60,8 @@ def native(device: torch.device, dtype: torch.dtype, n: int, transposed: bool) -
 def _probe(device: torch.device, dtype: torch.dtype, m: int, transposed: bool) -> bool:
     fn = (_CONV_TRANSPOSE if transposed else _CONV)[m]
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "ComplexHalf support is experimental"
             x = torch.ones((1, 1, *(2,) * m), dtype=dtype, device=device, requires_grad=True)
             w = torch.ones((1, 1, *(1,) * m), dtype=dtype, device=device, requires_grad=True)
             torch.autograd.grad(fn(x, w).sum(), (x, w))
