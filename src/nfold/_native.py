@@ -20,9 +20,11 @@ call, then cached), the caller falls back to ``method="gemm"``.
 
 ``max_workspace_bytes`` bounds the intermediates here too: the output is computed in
 slabs over the batch, then over output positions of spatial dim 0, 1, ... (conv), or
-over input positions added into the output (conv_transpose). A slab's cost counts the
-unfolded leading dims and, conservatively, the im2col matrix an im2col-based native
-kernel may allocate, so the bound holds whatever kernel torch picks.
+over input positions added into the output (conv_transpose). A slab's cost counts its
+padded input, unfolded leading dims and output and the one-sample im2col matrix an
+im2col-based native kernel (torch's CPU float64 conv3d, say) would build, so the bound
+holds whichever kernel torch picks. Depthwise convs sum one native conv per leading
+offset instead of merging the offsets into channels (see ``_sum_offsets``).
 """
 
 from __future__ import annotations
@@ -96,16 +98,11 @@ def conv(
     def cost(batch: int, padded: Sequence[int], outs: Sequence[int]) -> int:
         cols = _args.prod(outs)
         merged = _args.prod(kernel[:lead]) * _args.prod(outs[:lead]) * _args.prod(padded[lead:])
-        return (
-            item
-            * batch
-            * max(
-                c_in * _args.prod(kernel) * cols,
-                c_in * merged,
-                c_out * cols,
-                c_in * _args.prod(padded),
-            )
-        )
+        # an im2col-based native kernel (e.g. torch's CPU float64 conv3d) unfolds one
+        # sample of its batch at a time
+        native_cols = c_in * _args.prod(kernel) * _args.prod(outs[lead:])
+        ours = max(c_in * merged, c_out * cols, c_in * _args.prod(padded))
+        return item * max(batch * ours, native_cols)
 
     def run(part: torch.Tensor, part_pads: Pads) -> torch.Tensor:
         return _conv(part, w, bias, stride, dilation, part_pads, groups)
@@ -380,9 +377,18 @@ def _conv_transpose_slabs(
     k_numel = _args.prod(kernel)
     zeros = (0,) * n
 
+    lead = n - min(n, 3)
+    k_lead = _args.prod(kernel[:lead])
+
     def fits(batch: int, spatial: Sequence[int]) -> bool:
         cells = _args.prod(spatial)
-        return item * batch * max(c_out * k_numel * cells, c_in * cells) <= limit
+        uncropped = [(s_ - 1) * st + sp for s_, st, sp in zip(spatial, stride, spans, strict=True)]
+        # the native output before the leading fold; an im2col-based native kernel's
+        # columns of one sample of its batch
+        native_out = c_out * k_lead * _args.prod(spatial[:lead]) * _args.prod(uncropped[lead:])
+        native_cols = c_out * k_numel * _args.prod(spatial[lead:])
+        ours = max(native_out, c_out * _args.prod(uncropped), c_in * cells)
+        return item * max(batch * ours, native_cols) <= limit
 
     def uncropped(part: torch.Tensor) -> torch.Tensor:
         size = tuple(
