@@ -52,9 +52,15 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
         ],
     ),
     (
+        "Curvature (KFAC) factors",
+        "KFAC input factors of conv layers, streamed: the unfolded input is never built. "
+        "See [kfac.md](kfac.md).",
+        ["patch_covariance", "kfac_input_factors"],
+    ),
+    (
         "Diagnostics",
         "Tell a bug from round-off when comparing a model built on nfold with torch.",
-        ["check_model"],
+        ["check_model", "compare"],
     ),
     (
         "unfoldNd compatibility",

@@ -1,7 +1,7 @@
 """Shared pytest setup. The reusable helpers (dtype -> tolerance table, seeded
-generators, slow nested-loop references for unfold / fold / unfold_transpose and
-conv / conv_transpose for any N) live in ``reference.py`` so that any test module can
-``from reference import ...``; they are re-exported here for discoverability."""
+generators, the slow references for unfold / fold / unfold_transpose for any N) live
+in ``reference.py`` so that any test module can ``from reference import ...``; they are
+re-exported here for discoverability."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from reference import (  # noqa: F401  (re-exported)
     generator,
     make_exact,
     make_tensor,
-    ref_conv,
-    ref_conv_transpose,
     ref_fold,
     ref_unfold,
     ref_unfold_transpose,

@@ -1,10 +1,11 @@
 """nfold.check: the verdict logic, the shipped reference ops, the built-in table (and
-that it can fail), and check_model."""
+that it can fail), check_model and compare."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -12,10 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfold
+from nfold import _check_run, _check_settings, _check_verdicts, check
 from nfold import _reference as R
-from nfold import check
 from nfold.check import MISMATCH, ROUND_OFF, tolerance, verdict
-from reference import ref_conv, ref_conv_transpose, ref_fold, ref_unfold, ref_unfold_transpose
 
 EPS32, EPS64, EPS16 = 2.0**-23, 2.0**-52, 2.0**-10
 F64 = torch.float64
@@ -86,11 +86,11 @@ def test_tolerance() -> None:
 
 def test_errors_shape_mismatch_and_nan() -> None:
     b = torch.tensor([1.0, -4.0, float("nan")])
-    assert check._errors(torch.tensor([1.0, -4.0, float("nan")]), b) == (0.0, 0.0)
-    assert check._errors(torch.tensor([1.0, -3.0, float("nan")]), b) == (1.0, 0.25)
-    assert check._errors(torch.tensor([1.0, -4.0, 0.0]), b) == (math.inf, math.inf)
-    assert check._errors(torch.zeros(2), b) == (math.inf, math.inf)
-    assert check._errors(None, b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(torch.tensor([1.0, -4.0, float("nan")]), b) == (0.0, 0.0)
+    assert _check_verdicts.errors(torch.tensor([1.0, -3.0, float("nan")]), b) == (1.0, 0.25)
+    assert _check_verdicts.errors(torch.tensor([1.0, -4.0, 0.0]), b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(torch.zeros(2), b) == (math.inf, math.inf)
+    assert _check_verdicts.errors(None, b) == (math.inf, math.inf)
 
 
 # ----------------------------------------------------------------------------- references
@@ -209,29 +209,6 @@ def test_reference_conv4d_is_a_sum_of_conv3d() -> None:
     torch.testing.assert_close(out, expected)
 
 
-def test_reference_4d_agrees_with_the_test_suites_loop_references() -> None:
-    x, w = _rand(1, 2, 4, 3, 4, 3), _rand(4, 1, 2, 1, 3, 2, seed=1)
-    kw = dict(stride=(1, 2, 1, 1), padding=(1, 0, 2, 1), dilation=(1, 1, 1, 2), groups=2)
-    torch.testing.assert_close(R.conv(x, w, **kw), ref_conv(x, w, **kw))
-    cols = R.unfold(x, (2, 1, 3, 2), dilation=(1, 1, 1, 2), padding=1, stride=(2, 1, 1, 2))
-    torch.testing.assert_close(cols, ref_unfold(x, (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)))
-    torch.testing.assert_close(
-        R.fold(cols, (4, 3, 4, 3), (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)),
-        ref_fold(cols, (4, 3, 4, 3), (2, 1, 3, 2), (1, 1, 1, 2), 1, (2, 1, 1, 2)),
-    )
-    wt = _rand(2, 3, 2, 1, 2, 2, seed=3)
-    kwt = dict(
-        stride=(2, 1, 1, 2),
-        padding=(1, 0, 0, 1),
-        output_padding=(1, 0, 0, 0),
-        dilation=(1, 1, 2, 1),
-    )
-    torch.testing.assert_close(R.conv_transpose(x, wt, **kwt), ref_conv_transpose(x, wt, **kwt))
-    torch.testing.assert_close(
-        R.unfold_transpose(x, (2, 1, 2, 2), **kwt), ref_unfold_transpose(x, (2, 1, 2, 2), **kwt)
-    )
-
-
 def test_reference_conv_transpose_is_the_adjoint_of_conv_for_n4() -> None:
     # <conv(x, W), z> == <x, conv_transpose(z, W)>: the same weight tensor serves both
     x, w = _rand(1, 3, 5, 4, 4, 5), _rand(2, 3, 2, 3, 1, 2, seed=1)
@@ -254,7 +231,7 @@ def test_settings_cover_every_op_n_and_padding_form() -> None:
         assert modes == {"zeros", "reflect", "replicate", "circular"}, n
         paddings = [x.kwargs.get("padding", 0) for x in conv if x.n == n]
         assert "same" in paddings and "valid" in paddings
-        assert any(check._is_pairs(p) for p in paddings)
+        assert any(_check_run._is_pairs(p) for p in paddings)
         assert any(
             x.shapes[1][1] == 1 and x.kwargs.get("groups", 1) > 1 for x in conv if x.n == n
         )  # depthwise
@@ -268,13 +245,13 @@ def _expected_reference(x: check.Setting) -> str:
         return f"F.{x.op}{x.n}d"
     if x.op == "unfold" and x.n == 2:
         return "F.unfold"
-    if x.op == "fold" and x.n == 2 and not check._is_pairs(x.kwargs.get("padding", 0)):
+    if x.op == "fold" and x.n == 2 and not _check_run._is_pairs(x.kwargs.get("padding", 0)):
         return "F.fold"
     return "naive"
 
 
 def test_torch_is_the_reference_where_it_has_the_op() -> None:
-    got = {x.id: check._reference(x)[1] for x in check.SETTINGS}
+    got = {x.id: _check_run.reference_op(x)[1] for x in check.SETTINGS}
     assert got == {x.id: _expected_reference(x) for x in check.SETTINGS}
 
 
@@ -442,3 +419,233 @@ def test_report_json_round_trip() -> None:
     data = json.loads(nfold.check_model(_net(), _x()).to_json())
     assert data["ok"] is True and data["thresholds"] == {"ratio": 1e-6, "tol_factor": 16.0}
     assert {"setting", "quantity", "abs_low", "rel_high", "verdict"} <= set(data["rows"][0])
+
+
+# ----------------------------------------------------------------------------- no verdict
+# without a comparison (issue 11 §2)
+
+
+class _OwnForward(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # computes through torch
+        return super().forward(x)
+
+
+class _PlainSubclass(nn.Conv2d):
+    pass
+
+
+def test_check_model_gives_no_verdict_to_layers_nfold_did_not_run() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(_OwnForward(3, 4, 3), _PlainSubclass(4, 4, 1), nfold.Conv2d(4, 2, 1))
+    report = nfold.check_model(net, _x())
+    rows = {(r.setting, r.quantity): r for r in report.rows}
+    assert report.ok, report.format()
+    assert [(r.setting, r.verdict) for r in report.rows if r.setting in ("0", "2")] == [
+        ("0", "not compared"),
+        ("2", "not compared"),
+    ]
+    assert "_OwnForward overrides forward" in rows["0", "-"].note
+    assert "already an nfold layer" in rows["2", "-"].note
+    # a subclass that keeps torch's forward is converted as its base, so it is compared
+    assert {q for s, q in rows if s == "1"} == {"output", "grad_input", "grad_weight", "grad_bias"}
+    assert "2 not compared" in report.format()
+
+
+@pytest.mark.parametrize(
+    "model",
+    [nn.Sequential(nn.Linear(3, 2), nn.ReLU()), nn.Sequential(nfold.Conv1d(3, 2, 1))],
+    ids=["no-conv", "only-nfold-layers"],
+)
+def test_check_model_that_compares_nothing_is_not_ok(model: nn.Module) -> None:
+    report = nfold.check_model(model, torch.randn(2, 3, 3))
+    assert not report.ok and not report.compared
+    assert not [r for r in report.rows if r.verdict != "not compared"]
+    assert "nothing was compared" in report.format()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32, "float64"])
+def test_one_dtype_rule_for_check_model_compare_and_check_builtin(dtype: object) -> None:
+    message = "dtype must be one of float32, float16, bfloat16 (the low precision compared"
+    net = nn.Conv1d(1, 1, 1)
+    x = torch.randn(1, 1, 3)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nfold.check_model(net, x, dtype=dtype)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        nfold.compare(net, net, x, dtype=dtype)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check.check_builtin(dtype=dtype, only="unfold1d-k3")  # type: ignore[arg-type]
+
+
+def test_near_zero_reference_rows_are_marked_and_explained() -> None:
+    # a conv bias followed by BatchNorm: its gradient is zero up to round-off
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3))
+    report = nfold.check_model(net, _x())
+    marked = {(r.setting, r.quantity) for r in report.rows if r.near_zero}
+    assert marked == {("0", "grad_bias")}, report.format()
+    row = next(r for r in report.rows if r.near_zero)
+    assert row.rel_low > 1e-2 and row.verdict == "round-off"
+    table = report.format()
+    line = next(
+        line for line in table.splitlines() if line.startswith("0 ") and "grad_bias" in line
+    )
+    assert " ~0 " in line and _check_verdicts.NEAR_ZERO_LEGEND in table
+
+
+def test_near_zero_mark_needs_a_reference_that_lost_half_its_digits() -> None:
+    row = _check_verdicts.Row("s", "q", "r", reduction_length=9)
+    ref = torch.tensor([1.0, -1.0], dtype=F64)
+    noisy = (ref + torch.tensor([1e-3, 0.0], dtype=F64)).float()  # rel 1e-3 > sqrt(eps32)
+    _check_verdicts.judge(row, (noisy, ref), (noisy, ref), EPS32)
+    assert row.near_zero
+    clean = ref.float()
+    _check_verdicts.judge(row, (clean, ref), (clean, ref), EPS32)
+    assert not row.near_zero
+    # a long sum in bfloat16 loses digits without cancelling: not marked
+    row = _check_verdicts.Row("s", "q", "r", reduction_length=10_000)
+    eps16 = 2.0**-7
+    noisy = (ref * (1 + 8 * eps16)).bfloat16()  # 8 eps < 16 eps sqrt(K), > sqrt(eps)
+    _check_verdicts.judge(row, (noisy, ref), (noisy, ref), eps16)
+    assert not row.near_zero and row.tolerance > row.rel_low
+
+
+def test_readme_and_help_state_the_rule_that_verdict_applies() -> None:
+    from pathlib import Path
+
+    readme = Path(__file__).parents[1] / "README.md"
+    flat = " ".join(readme.read_text().split())
+    assert " ".join(check.RULE.split()) in flat
+    assert flat.count("round-off rel_low <= tol") == 1  # stated once
+    assert f"tol = {check.TOL_FACTOR:g} * max(" in check.RULE and check.RATIO == 1e-6
+    # the clause the README used to leave out: a float64 error within the bound counts
+    tol = tolerance(EPS32, 9)
+    assert verdict(1e-7, 1e-7, 1e-16, 1e-16, tol) == ROUND_OFF  # ratio 1e-9 <= 1e-6
+    assert verdict(1e-7, 1e-7, 5e-14, 1e-16, tol) == ROUND_OFF  # ratio 5e-7: rel_high in bound
+
+
+# ----------------------------------------------------------------------------- method
+
+
+def test_a_settings_method_goes_to_nfold_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # how the "auto vs gemm" rows are added: `_conv(..., method=m)` in _builtin_settings
+    seen = []
+    real = nfold.conv
+
+    def conv(x, w, b=None, *, method="auto", **kw):  # type: ignore[no-untyped-def]
+        seen.append(method)
+        return real(x, w, b, **kw)
+
+    monkeypatch.setattr(nfold, "conv", conv)
+    settings = [
+        _check_settings._conv((1, 2, *(3,) * n), 3, (2,) * n, method=m)
+        for n in (2, 5)
+        for m in ("auto", "gemm")
+    ]
+    assert [s.id for s in settings] == [
+        "conv2d-k2x2-auto",
+        "conv2d-k2x2-gemm",
+        "conv5d-k2x2x2x2x2-auto",
+        "conv5d-k2x2x2x2x2-gemm",
+    ]
+    report = check.check_builtin(settings=settings)
+    assert report.ok and {r.reference for r in report.rows} == {"F.conv2d", "naive"}
+    assert set(seen) == {"auto", "gemm"} and len(seen) == 4 * 2  # two precisions each
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def _unfold_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    cols = F.unfold(x, w.shape[2:])
+    size = [s - k + 1 for s, k in zip(x.shape[2:], w.shape[2:], strict=True)]
+    return (w.flatten(1) @ cols).reshape(x.shape[0], w.shape[0], *size)
+
+
+def test_compare_a_correct_rewrite_and_a_wrong_one() -> None:
+    x, w = torch.randn(2, 3, 7, 6), torch.randn(5, 3, 3, 2)
+    report = nfold.compare(_unfold_conv, F.conv2d, x, w)
+    assert report.ok, report.format()
+    assert [r.quantity for r in report.rows] == ["output", "grad_input[0]", "grad_input[1]"]
+    assert {r.verdict for r in report.rows} == {"round-off"}
+
+    def flipped(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return _unfold_conv(x, w.flip(-1))
+
+    bad = nfold.compare(flipped, F.conv2d, x, w)
+    assert not bad.ok and {r.verdict for r in bad.rows} == {MISMATCH}
+    assert "MISMATCH" in str(bad) and bad.title.startswith("nfold.compare: flipped against conv2d")
+
+
+def test_compare_low_precision_arithmetic_is_a_mismatch() -> None:
+    def bf16_conv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if x.dtype == F64:
+            return F.conv2d(x, w)
+        return F.conv2d(x.bfloat16(), w.bfloat16()).to(x.dtype)
+
+    report = nfold.compare(bf16_conv, F.conv2d, torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3))
+    assert {r.verdict for r in report.rows} == {MISMATCH}
+
+
+def test_compare_modules_pairs_their_parameters() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    x = torch.randn(2, 3, 6, 6)
+    report = nfold.compare(nfold.convert(conv), conv, x)
+    assert report.ok, report.format()
+    assert [r.quantity for r in report.rows] == ["output", "grad_input", "grad_weight", "grad_bias"]
+
+    class ScaledBiasGrad(nn.Module):  # a wrong backward for the bias only
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight, self.bias = conv.weight, conv.bias  # the same Parameters
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.weight, _ScaleGrad.apply(self.bias))
+
+    report = nfold.compare(ScaledBiasGrad(), conv, x)
+    verdicts = {r.quantity: r.verdict for r in report.rows}
+    assert verdicts["grad_bias"] == MISMATCH and verdicts["output"] != MISMATCH
+    assert verdicts["grad_weight"] != MISMATCH and not report.ok
+
+
+def test_compare_reports_what_it_cannot_pair_and_what_raises() -> None:
+    import copy
+
+    class Wrapper(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x)
+
+    lin = nn.Linear(3, 3)
+    x = torch.randn(1, 2, 3)
+    shared = nfold.compare(lin, Wrapper(lin), x)  # the same Parameters: paired
+    assert shared.ok and [r.quantity for r in shared.rows][-2:] == ["grad_weight", "grad_bias"]
+    apart = nfold.compare(lin, Wrapper(copy.deepcopy(lin)), x)  # other names, other objects
+    verdicts = {r.quantity: r.verdict for r in apart.rows}
+    assert apart.ok and verdicts["grad_weight"] == verdicts["grad_inner.bias"] == "not compared"
+    assert "only fn has parameter 'bias'" in str(apart)
+    assert "only reference has parameter 'inner.weight'" in str(apart)
+
+    conv = nn.Conv1d(2, 2, 3, bias=False)
+
+    def boom(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+    raised = nfold.compare(boom, conv, x)
+    assert not raised.ok and raised.rows[0].verdict == "ERROR" and "boom" in raised.rows[0].note
+    with pytest.raises(check.ModelError, match="reference boom failed"):
+        nfold.compare(conv, boom, x)
+    with pytest.raises(TypeError, match="reference must be callable"):
+        nfold.compare(conv, 3, x)  # type: ignore[arg-type]
+
+
+def test_compare_is_seeded_and_rounds_both_runs_to_the_same_numbers() -> None:
+    x64 = torch.randn(2, 3, 6, 6, dtype=F64)  # not representable in float32
+    w = torch.randn(4, 3, 3, 3)
+    a = nfold.compare(_unfold_conv, F.conv2d, x64, w, seed=3)
+    b = nfold.compare(_unfold_conv, F.conv2d, x64.float(), w, seed=3)
+    assert a.ok and [r.abs_high for r in a.rows] == [r.abs_high for r in b.rows]
+    assert [r.abs_low for r in a.rows] == [r.abs_low for r in b.rows]

@@ -247,7 +247,10 @@ def test_model_failing_on_its_input_exits_2(capsys, monkeypatch, tmp_path) -> No
             ["check", "--device", "cuda:7" if not torch.cuda.is_available() else "meta:3"],
             "--device",
         ),
-        (["check", "--dtype", "int8"], "invalid choice"),
+        (["check", "--dtype", "int8"], "dtype must be one of float32, float16, bfloat16"),
+        (["check", "--dtype", "float64"], "dtype must be one of float32, float16, bfloat16"),
+        (["check", "--fn", "m:f"], "--fn and --reference go together"),
+        (["check", "--model", "m:f", "--fn", "m:f"], "give one"),
         (["check", "--only", "no-such-setting"], "matches no built-in setting"),
         (["check", "--input-shape", "1,2"], "needs --model"),
         (["check", "--input-shape", "a,b"], "expected sizes like"),
@@ -258,6 +261,9 @@ def test_model_failing_on_its_input_exits_2(capsys, monkeypatch, tmp_path) -> No
         "device-unknown",
         "device-unavailable",
         "dtype",
+        "dtype-float64",
+        "fn-without-reference",
+        "model-and-fn",
         "only",
         "shape-without-model",
         "bad-shape",
@@ -282,6 +288,29 @@ def test_help_explains_each_subcommand_in_one_line(capsys: pytest.CaptureFixture
     for option in ("--model", "--input-shape", "--dtype", "--device", "--seed", "--json", "--only"):
         assert option in out
     assert "round-off" in out and "MODULE:ATTR" in out
+    assert " ".join(check.RULE.split()) in " ".join(out.split())  # the rule README states
+
+
+def test_dtype_message_is_the_librarys(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError) as caught:
+        nfold.check_model(torch.nn.Conv1d(1, 1, 1), torch.randn(1, 1, 3), dtype=torch.float64)
+    code, _, err = _run(capsys, "check", "--dtype", "float64")
+    assert code == 2 and err.splitlines()[-1].endswith(str(caught.value))
+
+
+def test_unavailable_device_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    device = next(d for d in ("mps", "cuda", "xpu") if not _available(d))
+    code, out, err = _run(capsys, "check", "--device", device)
+    assert code == 2 and out == ""
+    assert err == f"nfold check: error: --device {device!r} is not available on this machine\n"
+
+
+def _available(device: str) -> bool:
+    try:
+        torch.empty(1, device=device)
+    except Exception:
+        return False
+    return True
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -325,3 +354,106 @@ def test_bench_missing_is_a_usage_error(capsys, monkeypatch) -> None:  # type: i
 def test_bench_help_is_the_bench_modules(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, "bench", "--help")
     assert code == 0 and out.startswith("usage: nfold bench")
+
+
+# ----------------------------------------------------------------------------- issue 11
+
+
+UNSEEDED = """
+    from torch import nn
+
+    def build():  # draws its weights from the global RNG, unseeded
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 3))
+
+    def linear():
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+"""
+
+
+@pytest.mark.parametrize("seed", [[], ["--seed", "5"]], ids=["default-seed", "seed-5"])
+def test_model_check_is_reproducible(capsys, monkeypatch, tmp_path, seed) -> None:  # type: ignore[no-untyped-def]
+    name = _module(tmp_path, monkeypatch, f"cli_unseeded_{len(seed)}", UNSEEDED)
+    argv = ["check", "--model", f"{name}:build", "--input-shape", "2,3,8,8", "--json", *seed]
+    runs = []
+    for i in range(2):
+        torch.manual_seed(100 + i)  # whatever ran before must not matter
+        code, out, _ = _run(capsys, *argv)
+        assert code == 0
+        runs.append(json.loads(out)["rows"])
+    assert runs[0] == runs[1]
+
+
+def test_model_without_conv_layer_exits_1(capsys, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    name = _module(tmp_path, monkeypatch, "cli_linear", UNSEEDED)
+    code, out, _ = _run(capsys, "check", "--model", f"{name}:linear", "--input-shape", "2,3,4")
+    assert code == 1 and "nothing was compared" in out and "round-off" not in out.split("\n", 2)[2]
+
+
+FNS = """
+    import torch.nn.functional as F
+
+    def unfold_conv(x, w):
+        cols = F.unfold(x, w.shape[2:])
+        size = [s - k + 1 for s, k in zip(x.shape[2:], w.shape[2:])]
+        return (w.flatten(1) @ cols).reshape(x.shape[0], w.shape[0], *size)
+
+    def flipped_conv(x, w):
+        return unfold_conv(x, w.flip(-1))
+
+    not_callable = 3
+"""
+
+
+@pytest.mark.parametrize(
+    "fn, code", [("unfold_conv", 0), ("flipped_conv", 1)], ids=["right", "wrong"]
+)
+def test_fn_against_a_reference(capsys, monkeypatch, tmp_path, fn, code) -> None:  # type: ignore[no-untyped-def]
+    name = _module(tmp_path, monkeypatch, f"cli_fns_{fn}", FNS)
+    shapes = ["--input-shape", "2,3,7,6", "--input-shape", "4,3,3,2"]
+    got, out, _ = _run(
+        capsys,
+        "check",
+        "--fn",
+        f"{name}:{fn}",
+        "--reference",
+        "torch.nn.functional:conv2d",
+        *shapes,
+    )
+    assert got == code and out.startswith(f"nfold.compare: {fn} against conv2d")
+    verdicts = {line.split()[1]: line.split()[-1] for line in out.splitlines()[2:-1]}
+    assert set(verdicts) == {"output", "grad_input[0]", "grad_input[1]"}
+    assert set(verdicts.values()) == ({"round-off"} if code == 0 else {"MISMATCH"})
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "--fn needs --input-shape"),
+        (["--input-shape", "2,3,4,4", "--only", "x"], "does not apply to --fn"),
+        (["--input-shape", "2,3,4,4", "--fn-attr", "not_callable"], "is not callable"),
+        (["--input-shape", "2,3,4,4"], "reference unfold_conv failed on the inputs"),
+    ],
+    ids=["no-shape", "only", "not-callable", "reference-fails"],
+)
+def test_fn_usage_errors_exit_2(capsys, monkeypatch, tmp_path, extra, message) -> None:  # type: ignore[no-untyped-def]
+    name = _module(tmp_path, monkeypatch, "cli_fns_usage", FNS)
+    attr = "unfold_conv"
+    if "--fn-attr" in extra:
+        attr = extra[-1]
+        extra = extra[:-2]
+    argv = ["check", "--fn", f"{name}:{attr}", "--reference", f"{name}:unfold_conv", *extra]
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err, err
+
+
+def test_first_run_without_numpy_prints_no_warning() -> None:
+    # torch warns "Failed to initialize NumPy" when it is imported without numpy
+    script = (
+        "import sys; sys.modules['numpy'] = None; import runpy; "
+        "sys.argv = ['nfold', 'check', '--only', 'unfold1d-k3']; "
+        "runpy.run_module('nfold', run_name='__main__')"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

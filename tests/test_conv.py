@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import nfold
-from nfold import conv, conv_transpose
+from nfold import _plan, conv, conv_transpose
 
 F64 = torch.float64
 
@@ -508,14 +509,15 @@ def test_blas_columns_depend_on_width() -> None:
 @pytest.mark.parametrize("spatial", [(9, 7), (4, 3)], ids=["long_rows", "short_rows"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
 def test_batch_tiles_equal_one_tile(transposed: bool, spatial, monkeypatch) -> None:
-    """Work goes in batch tiles of about _TILE_BYTES. Forward and input gradient run the
+    """Work goes in batch tiles of about the policy's tile_bytes. Forward and input gradient run the
     very same per-sample matmuls whatever the tiling (bitwise). Weight gradients are sums
     over tiles; for conv with fewer output positions than rows of the unfolded matrix
     (short_rows) a tile's batch is merged into one GEMM (K = n * L). To round-off."""
     fn, torch_fn = (conv_transpose, torch_conv_transpose) if transposed else (conv, torch_conv)
     x, w, b, kw = _chunk_case(transposed, spatial)
     ref, ref_grads, g = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b)
-    monkeypatch.setattr(sys.modules["nfold.conv"], "_TILE_BYTES", 1)  # a sample per tile
+    rule = dataclasses.replace(_plan.CPU, tile_bytes=1)  # a sample per tile
+    monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
     out, grads, _ = _value_and_grads(lambda x, w, b: fn(x, w, b, **kw), x, w, b, g)
     assert torch.equal(out, ref) and torch.equal(grads[0], ref_grads[0])
     _, torch_grads, _ = _value_and_grads(lambda x, w, b: torch_fn(x, w, b, **kw), x, w, b, g)
@@ -597,7 +599,9 @@ def test_limit_above_default_slabs_keeps_them(transposed: bool, monkeypatch) -> 
     default size (larger slabs fall out of cache and run slower)."""
     x, w, _, kw = _chunk_case(transposed)
     default = int(0.3 * _sample_bytes(x, w, kw, transposed))
-    monkeypatch.setattr(sys.modules["nfold.conv"], "_AUTO_WORKSPACE", default)
+    monkeypatch.setitem(
+        _plan.POLICIES, "cpu", dataclasses.replace(_plan.CPU, auto_workspace=default)
+    )
     seen = _intermediate_bytes(monkeypatch, transposed, 1 << 40)
     assert seen == _intermediate_bytes(monkeypatch, transposed, None)
     assert len(seen) > 3 and max(seen) <= default

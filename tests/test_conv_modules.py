@@ -195,3 +195,11 @@ def test_torch_transpose_subclass_rejects_non_zeros_mode_at_forward() -> None:
     m.padding_mode = "reflect"
     with pytest.raises(ValueError, match="padding_mode"):
         m(torch.randn(1, 2, 4, 4))
+
+
+@pytest.mark.parametrize("cls", [nfold.ConvNd, nfold.ConvTransposeNd])
+def test_int_only_sizes_without_ndim_ask_for_ndim(cls) -> None:
+    """Issue 11 §4: the error asks for what is missing (ndim= or tuples), not 'got None'."""
+    with pytest.raises(ValueError, match=r"pass ndim=N or N-tuples") as info:
+        cls(3, 4, 3)
+    assert "None" not in str(info.value)

@@ -76,15 +76,73 @@ def test_train_eval_mode_preserved(training: bool) -> None:
     assert all(m.training == training for m in nfold.convert(model).modules())
 
 
-def test_shared_module_becomes_one_twin_and_subclasses_are_kept() -> None:
-    class MyConv(nn.Conv2d):
-        pass
-
+def test_shared_module_becomes_one_twin() -> None:
     shared = nn.Conv2d(2, 2, 1)
-    model = nn.Sequential(shared, nn.ReLU(), shared, MyConv(2, 2, 1))
+    model = nn.Sequential(shared, nn.ReLU(), shared)
     out = nfold.convert(model)
     assert out[0] is out[2] and isinstance(out[0], nfold.Conv2d)
-    assert type(out[3]) is MyConv
+
+
+class _Plain(nn.Conv2d):  # computes as nn.Conv2d: converted as one
+    pass
+
+
+class _OwnForward(nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class _OwnConvForward(nn.Conv1d):
+    def _conv_forward(self, x, weight, bias):  # type: ignore[no-untyped-def]
+        return super()._conv_forward(x, weight.flip(-1), bias)
+
+
+class _OwnOutputPadding(nn.ConvTranspose2d):
+    def _output_padding(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return (0, 0)
+
+
+class _PlainTranspose(nn.ConvTranspose3d):
+    def extra(self) -> int:  # other methods do not change how it computes
+        return 1
+
+
+def test_subclasses_that_keep_torchs_forward_are_converted_as_their_base() -> None:
+    torch.manual_seed(0)
+    plain, transpose = _Plain(2, 3, 3).double(), _PlainTranspose(2, 2, 2).double()
+    kept = [_OwnForward(2, 2, 1), _OwnConvForward(2, 2, 3), _OwnOutputPadding(2, 2, 2)]
+    model = nn.ModuleList([plain, transpose, *kept])
+    out = nfold.convert(model)
+    assert type(out[0]) is nfold.Conv2d and type(out[1]) is nfold.ConvTranspose3d
+    assert out[0].weight is plain.weight and out[1].bias is transpose.bias
+    assert [type(m) for m in out[2:]] == [type(m) for m in kept]
+    x = torch.randn(1, 2, 5, 5, dtype=F64)
+    torch.testing.assert_close(out[0](x), plain(x), rtol=1e-12, atol=1e-12)
+    x3 = torch.randn(1, 2, 2, 3, 2, dtype=F64)
+    torch.testing.assert_close(out[1](x3), transpose(x3), rtol=1e-12, atol=1e-12)
+    # nfold's own layers subclass torch's and override _conv_forward / forward: left alone
+    twins = [nfold.Conv2d(2, 2, 1), nfold.ConvTranspose1d(2, 2, 1)]
+    assert [type(m) for m in nfold.convert(nn.Sequential(*twins))] == [type(m) for m in twins]
+
+
+def test_copy_shares_parameters_and_buffers_with_the_original() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 2, 2))
+    converted = nfold.convert(model)
+    assert converted is not model and type(model[0]) is nn.Conv2d
+    assert type(converted[0]) is nfold.Conv2d and converted[1] is not model[1]
+    for (name, p), (name2, q) in zip(
+        model.named_parameters(), converted.named_parameters(), strict=True
+    ):
+        assert name == name2 and p is q, name
+    for (name, b), (_, c) in zip(model.named_buffers(), converted.named_buffers(), strict=True):
+        assert b is c, name  # BatchNorm's running statistics: one state, as the weights
+    # training the converted model trains the original: one optimizer serves both
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model[0].weight.detach().clone()
+    converted(torch.randn(2, 3, 6, 6)).square().sum().backward()
+    opt.step()
+    assert not torch.equal(model[0].weight, before)
+    assert int(model[1].num_batches_tracked) == 1
 
 
 def test_convert_rejects_non_modules() -> None:

@@ -11,6 +11,7 @@ Plus properties: adjointness, fold-mean identity, autograd of every order, jvp, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 import nfold
+from nfold import _plan
 from reference import (
     ALL_DTYPES,
     INT_DTYPES,
@@ -571,16 +573,15 @@ DISJOINT_CASES = [
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("case", params([*CASES_2D, *CASES_ND, *DISJOINT_CASES]))
 def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
-    """fold takes one scatter_add_ pass when output rows are short (fewer than _SHORT_ROW
-    blocks), one strided add when blocks do not overlap, and strided phase adds
+    """fold takes one scatter_add_ pass when output rows are short (fewer than the policy's
+    short_row blocks), one strided add when blocks do not overlap, and strided phase adds
     otherwise; all sum every element's blocks in the same order, so random values (where
     order matters) agree bitwise, flipped kernels too."""
-    patches = sys.modules["nfold.patches"]
     y = make_tensor(case.cols_shape(), dtype, seed=69)
     x = make_tensor(case.shape, F64, seed=70)
     transposed_args = (case.kernel_size, case.stride, 0, 0, case.dilation)
     results = []
-    disjoint = patches._disjoint
+    disjoint = _plan.Geometry.disjoint
     # phase adds only; phases or one add for disjoint blocks; always scatter; always
     # scatter, one plane per padded chunk
     for short_row, chunk, fast in (
@@ -589,10 +590,13 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
         (1 << 30, 1 << 20, True),
         (1 << 30, 1, True),
     ):
-        monkeypatch.setattr(patches, "_SHORT_ROW", short_row)
-        monkeypatch.setattr(patches, "_INDEX_SHARE", float("inf"))
-        monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", chunk)
-        monkeypatch.setattr(patches, "_disjoint", disjoint if fast else lambda geom: False)
+        rule = dataclasses.replace(
+            _plan.CPU, short_row=short_row, index_share=float("inf"), pad_chunk_bytes=chunk
+        )
+        monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
+        monkeypatch.setattr(
+            _plan.Geometry, "disjoint", disjoint if fast else property(lambda g: False)
+        )
         xr = x.clone().requires_grad_()
         out = nfold.unfold_transpose(xr, *transposed_args)
         (grad,) = torch.autograd.grad(out, xr, torch.ones_like(out).cumsum(-1).sin())
@@ -603,14 +607,17 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
 
 def test_fold_scatter_only_when_its_index_is_small(monkeypatch):
     """scatter_add_'s int64 index has one entry per column, shared by every plane: with
-    few planes it would outweigh the input, so fold adds phases instead."""
+    few planes it would outweigh the input, so fold adds phases instead, unless the
+    index is small (policy.small_index, 64 KB: then one scatter beats an add per kernel
+    offset, and its index is cached)."""
     patches = sys.modules["nfold.patches"]
     calls = []
     real = patches._fold_scatter
     monkeypatch.setattr(patches, "_fold_scatter", lambda *a: calls.append(1) or real(*a))
-    for planes, expected in ((1, 0), (16, 1)):  # float32: index = 2x / (1/8)x the input
-        y = make_tensor((planes, 9, 6 * 5), torch.float32, seed=71)
-        assert torch.equal(nfold.fold(y, (8, 7), 3), F.fold(y, (8, 7), 3))
+    # float32, 143 KB index: 2x / (1/8)x the input; then a 2 KB index
+    for planes, osize, expected in ((1, (400, 7), 0), (16, (400, 7), 1), (1, (8, 7), 2)):
+        y = make_tensor((planes, 9, (osize[0] - 2) * 5), torch.float32, seed=71)
+        assert torch.equal(nfold.fold(y, osize, 3), F.fold(y, osize, 3))
         assert len(calls) == expected
 
 
@@ -1017,11 +1024,12 @@ def test_zero_padding_in_chunks_is_bitwise_the_same(monkeypatch, budget, chunks,
     patches = sys.modules["nfold.patches"]
     x = _layout(make_tensor((3, 5, 6, 7), F64, seed=67), layout)
     kernel, dilation, pads, stride = (3, 2), (1, 2), ((1, 2), (0, 1)), (2, 1)
-    monkeypatch.setattr(patches, "_PAD_CHUNK_BYTES", budget)
+    rule = dataclasses.replace(_plan.CPU, pad_chunk_bytes=budget)
+    monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
     assert len(patches._pad_chunks(x, pads)) == chunks  # padded planes are 9 x 8 x 8 bytes
     out = nfold.unfold(x, kernel, dilation, pads, stride)
     assert torch.equal(out, ref_unfold(x, kernel, dilation, pads, stride))
-    geom = (kernel, dilation, pads, stride, False)
+    geom = _plan.Geometry(kernel, dilation, pads, stride)
     rows_first = patches._unfold_forward(x, geom, rows_first=True)
     assert rows_first.transpose(0, 1).is_contiguous() and torch.equal(rows_first, out)
     y = _layout(make_tensor((3, 5, 4, 5), F64, seed=68), layout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -33,7 +35,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -
 def test_ten_sgd_steps_match_torch_in_float64() -> None:
     torch.manual_seed(0)
     reference = vgg_like().double()
-    converted = nfold.convert(reference)  # a deep copy: same starting weights
+    # convert shares the Parameters: convert a copy to train both from the same weights
+    converted = nfold.convert(copy.deepcopy(reference))
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, 32, 32, generator=gen, dtype=torch.float64)
     y = torch.randint(0, 10, (4,), generator=gen)

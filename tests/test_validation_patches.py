@@ -510,3 +510,10 @@ def test_bad_argument_does_not_touch_input():
     with pytest.raises(ValueError):
         nfold.unfold(x, 2, padding=5, padding_mode="reflect")
     assert torch.equal(x, before) and x._version == 0
+
+
+def test_fold_output_size_too_small_names_output_size() -> None:
+    """Issue 11 §4: fold's output_size, not an 'input spatial size', is what is too small."""
+    with pytest.raises(ValueError, match=r"the output_size \(0, 5\)") as info:
+        nfold.fold(torch.randn(1, 9, 0), (0, 5), 3)
+    assert "input" not in str(info.value)

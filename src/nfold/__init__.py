@@ -1,7 +1,13 @@
 """nfold: N-dimensional unfold / fold (im2col / col2im) and convolution as matrix
 multiplication for PyTorch: exact, any number of spatial dims, any dtype."""
 
-from .check import check_model
+import warnings
+
+with warnings.catch_warnings():  # numpy is optional: torch warns on import without it
+    warnings.filterwarnings("ignore", "Failed to initialize NumPy", UserWarning)
+    import torch  # noqa: F401
+
+from .check import check_model, compare
 from .compat import FoldNd, UnfoldNd, UnfoldTransposeNd, foldNd, unfold_transposeNd, unfoldNd
 from .conv import conv, conv_transpose
 from .conv_modules import (
@@ -15,6 +21,7 @@ from .conv_modules import (
     ConvTransposeNd,
 )
 from .convert import convert
+from .kfac import kfac_input_factors, patch_covariance
 from .modules import Fold, Unfold, UnfoldTranspose
 from .patches import fold, sliding_window_view, unfold, unfold_transpose
 
@@ -36,11 +43,14 @@ __all__ = [
     "UnfoldTranspose",
     "UnfoldTransposeNd",
     "check_model",
+    "compare",
     "conv",
     "conv_transpose",
     "convert",
     "fold",
     "foldNd",
+    "kfac_input_factors",
+    "patch_covariance",
     "sliding_window_view",
     "unfold",
     "unfoldNd",

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .check import LOW_DTYPES, RULE, conv_layers, low_precision
 
 CHECK_HELP = (
     "compare nfold with torch (or a naive reference where torch has no op) in float32 and "
@@ -28,29 +29,31 @@ BENCH_HELP = (
     "torch.nn.functional.unfold/fold and unfoldNd; print a table, write a plot"
 )
 
-CHECK_EPILOG = """\
-verdicts (per setting and quantity; errors are max |nfold - reference|, relative to
-max |reference|):
-  exact      zero error in both precisions
-  round-off  the low-precision error is within TOL_FACTOR * max(eps * sqrt(K), the
-             reference's own error) (K: terms summed per entry, 0 for copies) and
-             the float64 error is <= 1e-6 x the low-precision one (round-off shrinks by
-             eps64/eps32 ~ 1.9e-9; a bug does not shrink)
-  MISMATCH   anything else: a bug. ERROR: nfold raised. skipped: the reference raised.
+CHECK_EPILOG = f"""\
+verdicts, per setting (or layer) and quantity; the rule (README states the same):
+{RULE}
 
 --model MODULE:ATTR
   MODULE is imported (the current directory is on the path) and ATTR (dotted) is
   either an nn.Module, or a zero-argument callable returning an nn.Module or a
-  tuple (model, example_input). The example input is, in order: --input-shape
-  (random normal), the one ATTR returned, or (2, C_in, 16, ..., 16) from the
-  model's first conv layer. The model runs against nfold.convert(model) with hooks
-  on every torch conv layer; the report names the first layer that disagrees.
+  tuple (model, example_input); the RNG is seeded with --seed first. The example
+  input is, in order: --input-shape (random normal; repeat it for several inputs),
+  the one ATTR returned, or (2, C_in, 16, ..., 16) from the model's first conv
+  layer. The model runs against nfold.convert(model) with hooks on every conv
+  layer convert swapped; the others are listed as "not compared", and a model with
+  none is an error (exit 1); the report names the first layer that disagrees.
 
-exit status: 0 no MISMATCH, 1 some MISMATCH or ERROR, 2 usage error.
+--fn MODULE:ATTR --reference MODULE:ATTR --input-shape SHAPE [--input-shape ...]
+  your own function (or nn.Module) against a reference, e.g. the torch op it
+  replaces, on random normal inputs: nfold.compare(fn, reference, *inputs).
+
+exit status: 0 no MISMATCH, 1 some MISMATCH or ERROR or nothing compared, 2 usage error.
 examples:
   nfold check                              # built-in table, N = 1..4
   nfold check --only conv4d --json         # a subset, machine-readable
   nfold check --model torchvision.models:resnet18 --input-shape 1,3,64,64
+  nfold check --fn mynet:my_conv --reference torch.nn.functional:conv2d \\
+      --input-shape 2,3,8,8 --input-shape 4,3,3,3
 """
 
 
@@ -65,9 +68,16 @@ def _device(text: str) -> torch.device:
         raise UsageError(f"--device {text!r} is not a device: {exc}") from None
     try:
         torch.empty(1, device=device)
-    except Exception as exc:  # AssertionError ("not compiled with CUDA"), RuntimeError
-        raise UsageError(f"--device {text!r} is not available here: {exc}") from None
+    except Exception:  # AssertionError ("not compiled with CUDA"), NotImplementedError (mps)
+        raise UsageError(f"--device {text!r} is not available on this machine") from None
     return device
+
+
+def _dtype(text: str) -> torch.dtype:
+    try:
+        return low_precision(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -80,23 +90,30 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def load_model(spec: str) -> tuple[nn.Module, Any]:
-    """``MODULE:ATTR`` -> (model, example input or None). See ``nfold check --help``."""
+def _resolve(spec: str, option: str) -> Any:
+    """``MODULE:ATTR`` -> the object ATTR (dotted) of the imported MODULE."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise UsageError(f"--model must be MODULE:ATTR (e.g. mypkg.nets:build), got {spec!r}")
+        raise UsageError(f"{option} must be MODULE:ATTR (e.g. mypkg.nets:build), got {spec!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
         raise UsageError(
-            f"--model {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
+            f"{option} {spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise UsageError(f"--model {spec!r}: module {module_name!r} has no attribute {attr!r}")
+            raise UsageError(f"{option} {spec!r}: module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def load_model(spec: str) -> tuple[nn.Module, Any]:
+    """``MODULE:ATTR`` -> (model, example input or None). See ``nfold check --help``."""
+    obj = _resolve(spec, "--model")
+    attr = spec.partition(":")[2]
     if isinstance(obj, nn.Module):
         return obj, None
     if not callable(obj):
@@ -120,44 +137,70 @@ def load_model(spec: str) -> tuple[nn.Module, Any]:
     )
 
 
-def _example_input(model: nn.Module, given: Any, shape: tuple[int, ...] | None, seed: int) -> Any:
+def _random(shapes: list[tuple[int, ...]], seed: int) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(seed)
-    if shape is not None:
-        return torch.randn(shape, generator=gen)
+    return tuple(torch.randn(shape, generator=gen) for shape in shapes)
+
+
+def _example_input(
+    model: nn.Module, given: Any, shapes: list[tuple[int, ...]] | None, seed: int
+) -> Any:
+    if shapes:
+        inputs = _random(shapes, seed)
+        return inputs[0] if len(inputs) == 1 else inputs
     if given is not None:
         return given
-    from .check import conv_layers
-
     layers = conv_layers(model)
     if not layers:
-        raise UsageError(
-            "the model has no torch conv layer to infer an input from: pass --input-shape"
-        )
-    first = model.get_submodule(layers[0])
-    n = len(first.kernel_size)  # type: ignore[arg-type]
-    return torch.randn((2, first.in_channels, *(16,) * n), generator=gen)  # type: ignore[arg-type]
+        raise UsageError("the model has no conv layer to infer an input from: pass --input-shape")
+    first: Any = model.get_submodule(layers[0])
+    return _random([(2, first.in_channels, *(16,) * len(first.kernel_size))], seed)[0]
+
+
+def _callable(spec: str, option: str) -> Any:
+    obj = _resolve(spec, option)
+    if not callable(obj):
+        raise UsageError(f"{option} {spec!r}: a {type(obj).__name__} is not callable")
+    return obj
 
 
 def run_check(args: argparse.Namespace) -> int:
     from . import check
 
-    dtype = check.LOW_DTYPES[args.dtype]
     device = _device(args.device)
-    if args.model is None:
-        if args.input_shape is not None:
-            raise UsageError("--input-shape needs --model")
-        report = check.check_builtin(dtype=dtype, device=device, seed=args.seed, only=args.only)
-        if not report.rows:
-            raise UsageError(f"--only {args.only!r} matches no built-in setting")
-    else:
-        if args.only is not None:
-            raise UsageError("--only selects built-in settings; it does not apply to --model")
-        model, given = load_model(args.model)
-        example = _example_input(model, given, args.input_shape, args.seed)
-        try:
-            report = check.check_model(model, example, dtype=dtype, device=device, seed=args.seed)
-        except check.ModelError as exc:
-            raise UsageError(str(exc)) from None
+    torch.manual_seed(args.seed)  # before any builder runs: the same model every time
+    modes = [o for o, v in (("--model", args.model), ("--fn", args.fn)) if v is not None]
+    if len(modes) > 1:
+        raise UsageError("--model and --fn are two different checks: give one")
+    if (args.fn is None) != (args.reference is None):
+        raise UsageError("--fn and --reference go together")
+    if modes and args.only is not None:
+        raise UsageError(f"--only selects built-in settings; it does not apply to {modes[0]}")
+    if not modes and args.input_shape is not None:
+        raise UsageError("--input-shape needs --model or --fn")
+    try:
+        if args.fn is not None:
+            if not args.input_shape:
+                raise UsageError("--fn needs --input-shape (once per input)")
+            fn, ref = _callable(args.fn, "--fn"), _callable(args.reference, "--reference")
+            inputs = _random(args.input_shape, args.seed)
+            report = check.compare(
+                fn, ref, *inputs, dtype=args.dtype, device=device, seed=args.seed
+            )
+        elif args.model is not None:
+            model, given = load_model(args.model)
+            example = _example_input(model, given, args.input_shape, args.seed)
+            report = check.check_model(
+                model, example, dtype=args.dtype, device=device, seed=args.seed
+            )
+        else:
+            report = check.check_builtin(
+                dtype=args.dtype, device=device, seed=args.seed, only=args.only
+            )
+            if not report.rows:
+                raise UsageError(f"--only {args.only!r} matches no built-in setting")
+    except check.ModelError as exc:
+        raise UsageError(str(exc)) from None
     print(report.to_json() if args.json else report.format())
     return 0 if report.ok else 1
 
@@ -170,15 +213,28 @@ def _add_check_arguments(p: argparse.ArgumentParser) -> None:
         "the built-in table (see below)",
     )
     p.add_argument(
+        "--fn",
+        metavar="MODULE:ATTR",
+        help="check your own function (or nn.Module) against --reference (see below)",
+    )
+    p.add_argument(
+        "--reference",
+        metavar="MODULE:ATTR",
+        help="with --fn: what it should equal, e.g. torch.nn.functional:conv2d",
+    )
+    p.add_argument(
         "--input-shape",
         type=_shape,
+        action="append",
         metavar="SHAPE",
-        help="with --model: shape of a random normal example input, e.g. 2,3,32,32",
+        help="with --model or --fn: shape of a random normal input, e.g. 2,3,32,32; "
+        "once per positional input",
     )
     p.add_argument(
         "--dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default="float32",
+        type=_dtype,
+        default=torch.float32,
+        metavar="{" + ",".join(LOW_DTYPES) + "}",
         help="the low precision compared against float64 (default: float32)",
     )
     p.add_argument(

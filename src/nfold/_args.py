@@ -78,27 +78,33 @@ def infer_n(sizes: Mapping[str, object], default: int | None) -> int:
     return n
 
 
+def input_n(shape: Sequence[int], sizes: Mapping[str, object]) -> tuple[int, bool]:
+    """N, and whether an input of ``shape`` is batched ``(B, C, *S)`` rather than
+    unbatched ``(C, *S)``, given the size arguments (name -> value)."""
+    ndim = len(shape)
+    fixed = [f"{name}={v!r}" for name, v in sizes.items() if tuple_len(v, name) is not None]
+    if ndim < 3 and not fixed:
+        raise ValueError(
+            f"input must have at least 3 dims (B, C, *spatial) when every size argument is an "
+            f"int (pass N-tuples for an unbatched (C, *spatial) input), got shape {tuple(shape)}"
+        )
+    n = infer_n(sizes, default=ndim - 2 if ndim >= 3 else None)
+    if ndim in (n + 1, n + 2):
+        return n, ndim == n + 2
+    raise ValueError(
+        f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched) for the "
+        f"{n} spatial dims given by {', '.join(fixed)}, got shape {tuple(shape)}"
+    )
+
+
 def spatial_input(input: object, sizes: Mapping[str, object]) -> tuple[torch.Tensor, int, bool]:
     """Validate a ``(B, C, *S)`` or unbatched ``(C, *S)`` input.
 
     Returns the input as a batched tensor, N and whether the input was batched.
     """
     x = check_tensor(input)
-    fixed = [f"{name}={v!r}" for name, v in sizes.items() if tuple_len(v, name) is not None]
-    if x.dim() < 3 and not fixed:
-        raise ValueError(
-            f"input must have at least 3 dims (B, C, *spatial) when every size argument is an "
-            f"int (pass N-tuples for an unbatched (C, *spatial) input), got shape {tuple(x.shape)}"
-        )
-    n = infer_n(sizes, default=x.dim() - 2 if x.dim() >= 3 else None)
-    if x.dim() == n + 2:
-        return x, n, True
-    if x.dim() == n + 1:
-        return x.unsqueeze(0), n, False
-    raise ValueError(
-        f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched) for the "
-        f"{n} spatial dims given by {', '.join(fixed)}, got shape {tuple(x.shape)}"
-    )
+    n, batched = input_n(x.shape, sizes)
+    return (x if batched else x.unsqueeze(0)), n, batched
 
 
 def padding_pairs(
@@ -138,14 +144,41 @@ def choice(value: object, name: str, choices: Sequence[str]) -> str:
     return value
 
 
+def groups(groups: object, **counts: int) -> int:
+    """``groups`` as a positive int dividing every channel count (name -> count)."""
+    if not _is_int(groups):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    g = int(groups)  # type: ignore[call-overload]
+    if g < 1:
+        raise ValueError(f"groups must be a positive int, got {g}")
+    for name, count in counts.items():
+        if count % g:
+            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
+    return g
+
+
+def workspace(max_workspace_bytes: object) -> int | None:
+    """``max_workspace_bytes`` as a positive int, or None (no limit)."""
+    if max_workspace_bytes is None:
+        return None
+    if not _is_int(max_workspace_bytes):
+        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
+    if max_workspace_bytes < 1:  # type: ignore[operator]
+        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
+    return int(max_workspace_bytes)  # type: ignore[call-overload]
+
+
 def output_size(
     spatial: Sequence[int],
     kernel_size: tuple[int, ...],
     dilation: tuple[int, ...],
     padding: Pads,
     stride: tuple[int, ...],
+    name: str = "input spatial size",
 ) -> tuple[int, ...]:
     """Number of sliding blocks per dim, ``(S + lo + hi - d (k - 1) - 1) // s + 1``.
+
+    ``name`` is what ``spatial`` is called in the error (fold: its ``output_size``).
 
     >>> output_size((5, 7), (3, 3), (1, 2), ((1, 1), (0, 0)), (2, 1))
     (3, 3)
@@ -158,8 +191,8 @@ def output_size(
         if s_ + lo + hi < span:
             raise ValueError(
                 f"kernel_size {kernel_size} with dilation {dilation} spans {span} in spatial dim "
-                f"{i}, larger than the padded input size {s_ + lo + hi} (input spatial size "
-                f"{tuple(spatial)}, padding {padding})"
+                f"{i}, larger than {s_ + lo + hi}, the {name} {tuple(spatial)} padded by "
+                f"{padding}"
             )
         out.append((s_ + lo + hi - span) // st + 1)
     return tuple(out)
@@ -228,10 +261,6 @@ def output_padding_for(
     return tuple(w - lo for w, lo in zip(size, smallest, strict=True))
 
 
-def prod(values: Sequence[int]) -> int:
-    return math.prod(values)
-
-
 def has_padding(pads: Pads) -> bool:
     return any(p for pair in pads for p in pair)
 
@@ -263,13 +292,14 @@ def _memory_bytes(device: torch.device) -> int | None:
 
 
 def check_alloc(
-    like: torch.Tensor, op: str, args: Mapping[str, object], **shapes: Sequence[int]
-) -> None:
+    dtype: torch.dtype, device: torch.device, op: str, args: Mapping[str, object],
+    **shapes: Sequence[int],
+) -> None:  # fmt: skip
     """Reject up front, in Python ints, tensors that cannot be allocated.
 
-    Each ``name=shape`` is a tensor ``op`` is about to create with ``like``'s dtype and
-    device. Raises ``ValueError`` naming the arguments ``args`` and the size requested when
-    the element count exceeds int64 or the bytes exceed the device's memory, instead of
+    Each ``name=shape`` is a tensor ``op`` is about to create with ``dtype`` on ``device``.
+    Raises ``ValueError`` naming the arguments ``args`` and the size requested when the
+    element count exceeds int64 or the bytes exceed the device's memory, instead of
     letting the allocator fail, overflow or (with overcommit) get the process killed.
     """
     if torch.compiler.is_compiling():
@@ -279,64 +309,22 @@ def check_alloc(
     limit = None
     for name, shape in shapes.items():
         numel = math.prod(shape)
-        nbytes = numel * like.dtype.itemsize
+        nbytes = numel * dtype.itemsize
         if numel <= 2**24 and nbytes <= 2**30:
             continue  # small: skip the (cached) device-memory lookup
         if limit is None:
-            limit = _memory_bytes(like.device) or _INT64_MAX
+            limit = _memory_bytes(device) or _INT64_MAX
         if numel > _INT64_MAX or nbytes > limit:
             bound = (
                 f"the int64 element-count limit {_INT64_MAX}"
                 if numel > _INT64_MAX
-                else f"the {limit} bytes of memory of device {like.device}"
+                else f"the {limit} bytes of memory of device {device}"
             )
             got = ", ".join(f"{k}={v!r}" for k, v in args.items())
             raise ValueError(
                 f"{op} with {got} would allocate {name} of shape {tuple(shape)}: {numel} "
-                f"elements, {nbytes} bytes of {like.dtype}, more than {bound}"
+                f"elements, {nbytes} bytes of {dtype}, more than {bound}"
             )
-
-
-def check_unfold_alloc(
-    x: torch.Tensor, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
-    stride: tuple[int, ...],
-) -> None:  # fmt: skip
-    """``unfold``'s padded input and ``(B, C * prod(k), L)`` output fit (see check_alloc)."""
-    spatial = tuple(x.shape[2:])
-    blocks = output_size(spatial, kernel, dilation, pads, stride)
-    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
-            "padding": pads, "stride": stride}  # fmt: skip
-    padded = padded_size(spatial, pads)
-    b, c = x.shape[:2]
-    check_alloc(x, "unfold", args, padded_input=(b, c, *padded),
-                output=(b, c * prod(kernel), prod(blocks)))  # fmt: skip
-
-
-def check_fold_alloc(y: torch.Tensor, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> None:
-    """``fold``'s ``(B, C, *output_size)`` output fits (see check_alloc)."""
-    args = {"input.shape": tuple(y.shape), "output_size": spatial, "kernel_size": kernel}
-    check_alloc(y, "fold", args, output=(y.shape[0], y.shape[1] // prod(kernel), *spatial))
-
-
-def check_unfold_transpose_alloc(
-    x: torch.Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
-    output_padding: tuple[int, ...], dilation: tuple[int, ...],
-) -> None:  # fmt: skip
-    """``unfold_transpose``'s zero-inserted input and output fit (see check_alloc)."""
-    spatial = tuple(x.shape[2:])
-    out = transpose_output_size(spatial, kernel, stride, padding, output_padding, dilation)
-    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "stride": stride,
-            "padding": padding, "output_padding": output_padding, "dilation": dilation}  # fmt: skip
-    b, c = x.shape[:2]
-    dilated = tuple((s - 1) * st + 1 for s, st in zip(spatial, stride, strict=True))
-    padded = tuple(
-        (s - 1) * st + 1 + max(0, 2 * (d * (k - 1) - p) + op)
-        for s, st, k, p, op, d in zip(
-            spatial, stride, kernel, padding, output_padding, dilation, strict=True
-        )
-    )
-    check_alloc(x, "unfold_transpose", args, zero_inserted_input=(b, c, *dilated),
-                padded_input=(b, c, *padded), output=(b, c * prod(kernel), prod(out)))  # fmt: skip
 
 
 def check_conv_alloc(
@@ -351,10 +339,10 @@ def check_conv_alloc(
     if padding_mode != "zeros" or not chunked:
         shapes["padded_input"] = (b, c, *padded)
     if not chunked:
-        shapes["unfolded_input"] = (b, c * prod(kernel), prod(outs))
+        shapes["unfolded_input"] = (b, c * math.prod(kernel), math.prod(outs))
     args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
             "padding": pads, "stride": stride}  # fmt: skip
-    check_alloc(x, "conv", args, **shapes)
+    check_alloc(x.dtype, x.device, "conv", args, **shapes)
 
 
 def check_conv_transpose_alloc(
@@ -367,7 +355,7 @@ def check_conv_transpose_alloc(
     outs = transpose_output_size(spatial, kernel, stride, padding, output_padding, dilation)
     shapes = {"output": (b, c_out, *outs)}
     if not chunked:
-        shapes["columns"] = (b, c_out * prod(kernel), prod(spatial))
+        shapes["columns"] = (b, c_out * math.prod(kernel), math.prod(spatial))
     args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "stride": stride,
             "padding": padding, "output_padding": output_padding, "dilation": dilation}  # fmt: skip
-    check_alloc(x, "conv_transpose", args, **shapes)
+    check_alloc(x.dtype, x.device, "conv_transpose", args, **shapes)

@@ -30,6 +30,7 @@ offset instead of merging the offsets into channels (see ``_sum_offsets``).
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from . import _args
 from ._args import Pads
+from ._plan import Geometry
 from .patches import _fold, pad
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -96,12 +98,12 @@ def conv(
     c_in, c_out, item = x.shape[1], w.shape[0], x.element_size()
 
     def cost(batch: int, padded: Sequence[int], outs: Sequence[int]) -> int:
-        cols = _args.prod(outs)
-        merged = _args.prod(kernel[:lead]) * _args.prod(outs[:lead]) * _args.prod(padded[lead:])
+        cols = math.prod(outs)
+        merged = math.prod(kernel[:lead]) * math.prod(outs[:lead]) * math.prod(padded[lead:])
         # an im2col-based native kernel (e.g. torch's CPU float64 conv3d) unfolds one
         # sample of its batch at a time
-        native_cols = c_in * _args.prod(kernel) * _args.prod(outs[lead:])
-        ours = max(c_in * merged, c_out * cols, c_in * _args.prod(padded))
+        native_cols = c_in * math.prod(kernel) * math.prod(outs[lead:])
+        ours = max(c_in * merged, c_out * cols, c_in * math.prod(padded))
         return item * max(batch * ours, native_cols)
 
     def run(part: torch.Tensor, part_pads: Pads) -> torch.Tensor:
@@ -152,7 +154,7 @@ def _conv(
         0, *range(2, 2 + lead), 1, *range(2 + n, 2 + n + lead), *range(2 + lead, 2 + n)
     )
     cols = view.reshape(
-        batch * _args.prod(outs_lead), c_in * _args.prod(kernel[:lead]), *spatial_trail
+        batch * math.prod(outs_lead), c_in * math.prod(kernel[:lead]), *spatial_trail
     )
     w_m = w.reshape(c_out, -1, *kernel[lead:])
     y = _CONV[m](cols, w_m, bias, stride[lead:], trail, dilation[lead:], groups)
@@ -204,7 +206,7 @@ def _conv_sum(
             slice(j * d, j * d + (o - 1) * s + 1, s)
             for j, d, s, o in zip(offset, dilation, stride, outs_lead, strict=False)
         )
-        part = rows[index].reshape(_args.prod(outs_lead) * batch, c_in, *x.shape[2 + lead :])
+        part = rows[index].reshape(math.prod(outs_lead) * batch, c_in, *x.shape[2 + lead :])
         term = _CONV[
             m
         ](
@@ -326,12 +328,12 @@ def _conv_transpose(
     kernel = tuple(w.shape[2:])
     batch, c_in, c_out = x.shape[0], x.shape[1], w.shape[1] * groups
     spatial = tuple(x.shape[2:])
-    k_lead, positions = _args.prod(kernel[:lead]), _args.prod(spatial[:lead])
+    k_lead, positions = math.prod(kernel[:lead]), math.prod(spatial[:lead])
     rows = x.movedim(1, 1 + lead).reshape(batch * positions, c_in, *spatial[lead:])
     w_m = w.reshape(c_in, -1, *kernel[lead:])
     sl = slice(lead, None)
     y = fn(rows, w_m, None, stride[sl], padding[sl], output_padding[sl], groups, dilation[sl])
-    trail = _args.prod(y.shape[2:])
+    trail = math.prod(y.shape[2:])
     # (B, C_out * prod(k_lead), prod(S_lead) * T): fold's column layout
     cols = y.view(batch, positions, c_out * k_lead, trail).transpose(1, 2)
     cols = cols.reshape(batch, c_out * k_lead, positions * trail)
@@ -344,14 +346,10 @@ def _conv_transpose(
         crop.append((p, hi))
         size.append(full - p - hi)
         extend.append(o - (full - p - hi))  # output_padding past the last block: zeros
-    geom = (
-        (*kernel[:lead], 1),
-        (*dilation[:lead], 1),
-        (*crop, (0, 0)),
-        (*stride[:lead], 1),
-        False,
+    geom = Geometry(
+        (*kernel[:lead], 1), (*dilation[:lead], 1), (*crop, (0, 0)), (*stride[:lead], 1)
     )
-    out = _fold(cols, (*size, trail), geom)  # type: ignore[arg-type]
+    out = _fold(cols, (*size, trail), geom)
     if any(extend):
         out = F.pad(out, [0, 0, *(v for e in reversed(extend) for v in (0, e))])
     out = out.view(batch, c_out, *outs)
@@ -374,20 +372,20 @@ def _conv_transpose_slabs(
     kernel = tuple(w.shape[2:])
     spans = _args.span(kernel, dilation)
     c_in, c_out, item = x.shape[1], w.shape[1] * groups, x.element_size()
-    k_numel = _args.prod(kernel)
+    k_numel = math.prod(kernel)
     zeros = (0,) * n
 
     lead = n - min(n, 3)
-    k_lead = _args.prod(kernel[:lead])
+    k_lead = math.prod(kernel[:lead])
 
     def fits(batch: int, spatial: Sequence[int]) -> bool:
-        cells = _args.prod(spatial)
+        cells = math.prod(spatial)
         uncropped = [(s_ - 1) * st + sp for s_, st, sp in zip(spatial, stride, spans, strict=True)]
         # the native output before the leading fold; an im2col-based native kernel's
         # columns of one sample of its batch
-        native_out = c_out * k_lead * _args.prod(spatial[:lead]) * _args.prod(uncropped[lead:])
-        native_cols = c_out * k_numel * _args.prod(spatial[lead:])
-        ours = max(native_out, c_out * _args.prod(uncropped), c_in * cells)
+        native_out = c_out * k_lead * math.prod(spatial[:lead]) * math.prod(uncropped[lead:])
+        native_cols = c_out * k_numel * math.prod(spatial[lead:])
+        ours = max(native_out, c_out * math.prod(uncropped), c_in * cells)
         return item * max(batch * ours, native_cols) <= limit
 
     def uncropped(part: torch.Tensor) -> torch.Tensor:

@@ -107,18 +107,16 @@ def blocks(
     )
 
 
-def _index(*parts: Any) -> tuple[Any, ...]:
-    """A tensor index from parts, e.g. ``x[_index(..., *slices)]``."""
-    return parts
+Index = tuple[Any, ...]  # a tensor index: mixes Ellipsis, slices and ints
 
 
-def _offsets(kernel_size: Sequence[int]) -> list[tuple[int, ...]]:
+def _offsets(kernel_size: Sequence[int]) -> list[Index]:
     return list(itertools.product(*(range(k) for k in kernel_size)))  # row-major
 
 
 def _window(
     offset: Sequence[int], dilation: Sequence[int], stride: Sequence[int], count: Sequence[int]
-) -> tuple[slice, ...]:
+) -> Index:
     """Positions ``offset * d + i * s`` for ``i < count``, per dim."""
     return tuple(
         slice(j * d, j * d + (c - 1) * s + 1, s)
@@ -139,7 +137,7 @@ def unfold(
     k, d, s = _tuple(kernel_size, n), _tuple(dilation, n), _tuple(stride, n)
     x = pad(input, pairs(padding, k, d), padding_mode)
     count = blocks(x.shape[2:], k, d, ((0, 0),) * n, s)
-    cols = [x[_index(..., *_window(off, d, s, count))] for off in _offsets(k)]
+    cols = [x[(..., *_window(off, d, s, count))] for off in _offsets(k)]
     out = torch.stack(cols, dim=2)  # (B, C, prod(k), *L)
     return out.reshape(x.shape[0], x.shape[1] * math.prod(k), math.prod(count))
 
@@ -155,6 +153,9 @@ def fold(
 ) -> torch.Tensor:
     """``(B, C * prod(k), L)`` -> ``(B, C, *output_size)``: every block added back where
     unfold took it from; ``reduction="mean"`` divides by the number of covering blocks."""
+    if input.dtype in (torch.uint16, torch.uint32, torch.uint64):  # torch cannot add these
+        wide = fold(input.long(), output_size, kernel_size, dilation, padding, stride, reduction)
+        return wide.to(input.dtype)
     tuples = [v for v in (output_size, kernel_size, dilation, stride) if not isinstance(v, int)]
     n = len(tuples[0]) if tuples else 2  # ints only: 2 spatial dims, as torch's fold
     size = _tuple(output_size, n)
@@ -168,10 +169,10 @@ def fold(
     covered = torch.zeros(padded, dtype=torch.long, device=input.device)
     for i, off in enumerate(_offsets(k)):
         window = _window(off, d, s, count)
-        full[_index(slice(None), slice(None), *window)] += cols[:, :, i]
+        full[(slice(None), slice(None), *window)] += cols[:, :, i]
         covered[window] += 1
-    crop = tuple(slice(lo, lo + sz) for sz, (lo, _) in zip(size, pads, strict=True))
-    out = full[_index(..., *crop)]
+    crop: Index = tuple(slice(lo, lo + sz) for sz, (lo, _) in zip(size, pads, strict=True))
+    out = full[(..., *crop)]
     if reduction == "mean":
         out = out / covered[crop].clamp(min=1).to(out.dtype)
     return out
@@ -203,9 +204,9 @@ def unfold_transpose(
     offsets = _offsets(k)
     full = input.new_zeros((batch, channels, len(offsets), *full_size))
     for i, off in enumerate(offsets):
-        full[_index(slice(None), slice(None), i, *_window(off, d, s, spatial))] = input
-    crop = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
-    return full[_index(..., *crop)].reshape(batch, channels * len(offsets), math.prod(out))
+        full[(slice(None), slice(None), i, *_window(off, d, s, spatial))] = input
+    crop: Index = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
+    return full[(..., *crop)].reshape(batch, channels * len(offsets), math.prod(out))
 
 
 def _batched(input: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -235,8 +236,8 @@ def conv(
     wg = weight.reshape(groups, c_out // groups, c_in // groups, *k)
     terms = []
     for off in _offsets(k):
-        patch = xg[_index(slice(None), slice(None), slice(None), *_window(off, d, s, count))]
-        terms.append(torch.einsum("bgc...,goc->bgo...", patch, wg[_index(..., *off)]))
+        patch = xg[(slice(None), slice(None), slice(None), *_window(off, d, s, count))]
+        terms.append(torch.einsum("bgc...,goc->bgo...", patch, wg[(..., *off)]))
     out = terms[0]
     for term in terms[1:]:
         out = out + term
@@ -280,10 +281,10 @@ def conv_transpose(
     full_size = [m + 2 * pp + o for m, pp, o in zip(smallest, p, op, strict=True)]
     full = x.new_zeros((batch, groups, c_out // groups, *full_size))
     for off in _offsets(k):
-        term = torch.einsum("bgc...,gco->bgo...", xg, wg[_index(..., *off)])
-        full[_index(slice(None), slice(None), slice(None), *_window(off, d, s, spatial))] += term
-    crop = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
-    result = full[_index(..., *crop)].reshape(batch, c_out, *out)
+        term = torch.einsum("bgc...,gco->bgo...", xg, wg[(..., *off)])
+        full[(slice(None), slice(None), slice(None), *_window(off, d, s, spatial))] += term
+    crop: Index = tuple(slice(pp, pp + o) for pp, o in zip(p, out, strict=True))
+    result = full[(..., *crop)].reshape(batch, c_out, *out)
     if bias is not None:
         result = result + bias.reshape(1, c_out, *(1,) * n)
     return result if batched else result.squeeze(0)

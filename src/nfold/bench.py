@@ -306,7 +306,7 @@ def _naive_unfold(x: torch.Tensor, row: Row) -> torch.Tensor:
         x = x[(..., *(slice(None, None, d) for d in row.dilation))]  # type: ignore[index]
     b, c = x.shape[:2]
     x = x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
-    return x.reshape(b, c * _args.prod(row.kernel), -1)
+    return x.reshape(b, c * math.prod(row.kernel), -1)
 
 
 def _blocks(row: Row) -> tuple[int, ...]:
@@ -347,7 +347,7 @@ def build(row: Row) -> Built:
     n, k, s, p, d = row.n, row.kernel, row.stride, row.padding, row.dilation
     blocks = _blocks(row)
     b, c = row.shape[:2]
-    cols_shape = (b, c * _args.prod(k), _args.prod(blocks))
+    cols_shape = (b, c * math.prod(k), math.prod(blocks))
     cols_bytes = 4 * math.prod(cols_shape)
     x = randn(*row.shape)
     impls: Impls = {}
@@ -390,16 +390,14 @@ def build(row: Row) -> Built:
         impls["nfold"] = lambda: unfold_transpose(xt, k, s, p, out_pad, d)
         if unfoldnd is not None and n <= 3:
             impls["unfoldNd"] = lambda: unfoldnd.unfold_transposeNd(xt, k, s, p, out_pad, d)
-        out_bytes = 4 * b * c * _args.prod(k) * math.prod(row.shape[2:])
+        out_bytes = 4 * b * c * math.prod(k) * math.prod(row.shape[2:])
         return Built(impls, out_bytes, out_bytes)
 
     if row.op in ("conv", "conv+bwd", "conv workspace"):
         conv = _nfold_conv()
         if conv is None:
             return Built({}, 0, 0, note="skipped: nfold.conv is not available yet")
-        w = randn(row.out_channels, c // row.groups, *k) / math.sqrt(
-            c // row.groups * _args.prod(k)
-        )
+        w = randn(row.out_channels, c // row.groups, *k) / math.sqrt(c // row.groups * math.prod(k))
         bias = randn(row.out_channels)
         kw = dict(stride=s, padding=p, dilation=d, groups=row.groups)
         impls["nfold"] = lambda: conv(x, w, bias, max_workspace_bytes=row.max_workspace_bytes, **kw)
@@ -476,7 +474,7 @@ def _patch_matmul(
     blocks = [size // kk for size, kk in zip(x.shape[2:], k, strict=True)]
     split = x.reshape(b, c, *(v for pair in zip(blocks, k, strict=True) for v in pair))
     order = (0, 1, *(3 + 2 * i for i in range(n)), *(2 + 2 * i for i in range(n)))
-    cols = split.permute(order).reshape(b, c * _args.prod(k), _args.prod(blocks))
+    cols = split.permute(order).reshape(b, c * math.prod(k), math.prod(blocks))
     out = w.reshape(w.shape[0], -1) @ cols
     return out.view(b, w.shape[0], *blocks) + bias.view(-1, *(1,) * n)
 

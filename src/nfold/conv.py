@@ -23,19 +23,18 @@ order).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _args, _native
-from ._args import IntOrTuple, PaddingArg, Pads
-from .patches import Geometry, _check_pad_mode, _fold, _signature_once, _unfold, pad
-
-_Cost = Callable[[int, Sequence[int], Sequence[object], Sequence[int]], int]
-_Slab = Callable[[int, int, object, int, int], tuple[int, int, object]]
-_Leaf = Callable[[torch.Tensor, Sequence[object], Sequence[int]], torch.Tensor]
-
+from . import _args, _native, _plan, _slabs
+from ._args import IntOrTuple, PaddingArg
+from ._plan import Geometry, check_pad_mode
+from ._slabs import Param
+from .patches import Variants, _fold, _owning, _unfold, pad
 
 # --------------------------------------------------------------------------- validation
 
@@ -87,18 +86,6 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
-def _check_groups(groups: object, c_in: int, c_out: int, in_name: str, out_name: str) -> int:
-    if not _args._is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    g = int(groups)  # type: ignore[call-overload]
-    if g < 1:
-        raise ValueError(f"groups must be a positive int, got {g}")
-    for count, name in ((c_in, in_name), (c_out, out_name)):
-        if count % g:
-            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
-    return g
-
-
 def _check_bias(bias: torch.Tensor | None, c_out: int) -> None:
     if bias is not None and tuple(bias.shape) != (c_out,):
         raise ValueError(
@@ -107,118 +94,100 @@ def _check_bias(bias: torch.Tensor | None, c_out: int) -> None:
         )
 
 
-def _check_workspace(max_workspace_bytes: object) -> int | None:
-    if max_workspace_bytes is None:
-        return None
-    if not _args._is_int(max_workspace_bytes):
-        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
-    if max_workspace_bytes < 1:  # type: ignore[operator]
-        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
-    return int(max_workspace_bytes)  # type: ignore[call-overload]
-
-
-# Without max_workspace_bytes, work still goes in slabs of about this size: a slab's
-# unfolded matrix is consumed by its GEMM while it is still in cache, which is ~2x faster
-# for memory-bound (few-channel, 3-d and 4-d) convolutions than one huge matrix.
-_AUTO_WORKSPACE = 8 * 2**20
-
-
-def _workspace(limit: int | None, one_position: int) -> int:
-    # a limit above the default slab size caps the slabs but does not enlarge them:
-    # larger slabs fall out of cache and run up to 2x slower
-    auto = max(_AUTO_WORKSPACE, one_position)
+def _workspace(limit: int | None, one_position: int, device: torch.device) -> int:
+    """Slab budget. Without max_workspace_bytes, work still goes in slabs of the policy's
+    ``auto_workspace``: a slab's unfolded matrix is consumed by its GEMM while it is still
+    in cache, ~2x faster for memory-bound (few-channel, 3-d and 4-d) convolutions than one
+    huge matrix. A limit above that caps the slabs but does not enlarge them: larger slabs
+    fall out of cache and run up to 2x slower."""
+    auto = max(_plan.policy(device).auto_workspace, one_position)
     return auto if limit is None else min(limit, auto)
 
 
-# --------------------------------------------------------------------------- chunking
+# --------------------------------------------------------------------------- slabs
 
 
-def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
-    """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
+class _ConvSlabs(NamedTuple):
+    """conv's :class:`_slabs.Layout`; a slab's param per dim is its zero padding (lo, hi)."""
+
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    stride: tuple[int, ...]
+    c_in: int
+    c_out: int
+    groups: int
+    item: int
+    weight_numel: int
+
+    def cost(
+        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
+    ) -> int:
+        cols = math.prod(outs)
+        padded = _args.padded_size(spatial, tuple(params))
+        return (
+            self.item
+            * batch
+            * max(
+                self.c_in * math.prod(self.kernel) * cols,  # unfolded matrix
+                self.c_out * cols,  # matmul result
+                self.c_in * math.prod(padded),  # padded (or copied) input slab
+                # grouped weight broadcast by matmul
+                self.weight_numel if batch > 1 and self.groups > 1 else 0,
+            )
+        )
+
+    def rows(
+        self, i: int, size: int, param: Param, first: int, stop: int
+    ) -> tuple[int, int, Param]:
+        lo, st = param[0], self.stride[i]
+        a = first * st - lo  # input coordinate of the slab's first padded element
+        e = (stop - 1) * st + self.dilation[i] * (self.kernel[i] - 1) + 1 - lo  # one past last
+        new_lo = min(max(-a, 0), e - a)
+        new_hi = min(max(e - size, 0), e - a - new_lo)
+        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
 
-def _chunked(
-    x: torch.Tensor,
-    params: tuple[object, ...],
-    outs: tuple[int, ...],
-    limit: int | None,
-    cost: _Cost,
-    slab: _Slab,
-    leaf: _Leaf,
-) -> torch.Tensor:
-    """Run ``leaf`` on output slabs whose ``cost`` (bytes) is at most ``limit``.
+class _ConvTransposeSlabs(NamedTuple):
+    """conv_transpose's :class:`_slabs.Layout`; a slab's param per dim is the uncropped
+    coordinate (relative to its input rows) of its first output position."""
 
-    ``params[i]`` describes spatial dim i of ``x`` for ``leaf`` (pads, or an offset);
-    ``slab(i, size_i, params[i], o0, o1)`` gives the input range ``(start, length)`` and
-    the new ``params[i]`` for output positions ``[o0, o1)`` of dim i. The caller has
-    checked that a single output position fits.
-    """
-    n = len(outs)
+    kernel: tuple[int, ...]
+    dilation: tuple[int, ...]
+    stride: tuple[int, ...]
+    c_in: int
+    c_out: int
+    groups: int
+    item: int
+    weight_numel: int
 
-    def fits(b: int, spatial: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> bool:
-        return limit is None or cost(b, spatial, ps, os) <= limit
+    def cost(
+        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
+    ) -> int:
+        return (
+            self.item
+            * batch
+            * max(
+                self.c_out * math.prod(self.kernel) * math.prod(spatial),  # columns before fold
+                self.c_out * math.prod(outs),  # folded slab
+                self.c_in * math.prod(spatial),  # input slab (copied if not contiguous)
+                # grouped weight broadcast by matmul
+                self.weight_numel if batch > 1 and self.groups > 1 else 0,
+            )
+        )
 
-    def piece(
-        x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int, o0: int, o1: int
-    ) -> tuple[int, int, tuple[int, ...], tuple[object, ...], tuple[int, ...]]:
-        start, length, p = slab(i, x.shape[2 + i], ps[i], o0, o1)
-        spatial = (*x.shape[2 : 2 + i], length, *x.shape[3 + i :])
-        return start, length, spatial, (*ps[:i], p, *ps[i + 1 :]), (*os[:i], o1 - o0, *os[i + 1 :])
-
-    def split(x: torch.Tensor, ps: tuple[object, ...], os: tuple[int, ...], i: int) -> torch.Tensor:
-        b = x.shape[0]
-        if i == n or fits(b, x.shape[2:], ps, os):
-            return leaf(x, ps, os)
-        slabs, o0 = [], 0
-        while o0 < os[i]:
-
-            def ok(o1: int, o0: int = o0) -> bool:
-                return fits(b, *piece(x, ps, os, i, o0, o1)[2:])
-
-            o1 = _largest(o0 + 1, os[i], ok) if ok(o0 + 1) else o0 + 1
-            slabs.append(piece(x, ps, os, i, o0, o1))
-            o0 = o1
-        parts = _slices(x, 2 + i, [(start, length) for start, length, *_ in slabs])
-        pieces = [
-            split(part, sub_ps, sub_os, i + 1)
-            for part, (*_, sub_ps, sub_os) in zip(parts, slabs, strict=True)
-        ]
-        return torch.cat(pieces, 2 + i)
-
-    batch, spatial = x.shape[0], x.shape[2:]
-    if fits(batch, spatial, params, outs):
-        return leaf(x, params, outs)
-    step = (
-        _largest(1, batch, lambda b: fits(b, spatial, params, outs))
-        if fits(1, spatial, params, outs)
-        else 1
-    )
-    parts = _slices(x, 0, [(b, min(step, batch - b)) for b in range(0, batch, step)])
-    return torch.cat([split(p, params, outs, 0) for p in parts], 0)
+    def rows(
+        self, i: int, size: int, param: Param, first: int, stop: int
+    ) -> tuple[int, int, Param]:
+        span, st = self.dilation[i] * (self.kernel[i] - 1) + 1, self.stride[i]
+        u0, u1 = int(param) + first, int(param) + stop
+        lo = max(0, -((span - 1 - u0) // st))  # ceil((u0 - span + 1) / s)
+        hi = min(size - 1, (u1 - 1) // st)
+        if hi < lo:
+            return min(lo, size), 0, 0
+        return lo, hi - lo + 1, u0 - lo * st
 
 
-def _slices(x: torch.Tensor, dim: int, ranges: list[tuple[int, int]]) -> Iterator[torch.Tensor]:
-    """``x.narrow(dim, start, length)`` for each range (ranges may overlap), built from one
-    ``split`` so that backward assembles the gradient of ``x`` once instead of
-    materialising a zero-padded full-size gradient per slab. Lazily: a slab that spans
-    several pieces is a copy, made only when its turn comes."""
-    size = x.shape[dim]
-    cuts = sorted({0, size} | {min(a, size) for a, _ in ranges} | {a + n for a, n in ranges})
-    pieces = torch.split(x, [b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True)], dim)
-    first = {a: i for i, a in enumerate(cuts)}
-    for a, length in ranges:
-        if length == 0:
-            yield x.narrow(dim, min(a, size), 0)
-            continue
-        run = pieces[first[a] : first[a + length]]
-        yield run[0] if len(run) == 1 else torch.cat(run, dim)
-
-
-def _add_bias(leaf: _Leaf, bias: torch.Tensor | None, n: int) -> _Leaf:
+def _add_bias(leaf: _slabs.Leaf, bias: torch.Tensor | None, n: int) -> _slabs.Leaf:
     """Add the bias slab by slab: each unbiased slab is freed at once, so the output is not
     held a second time before the slabs are concatenated."""
     if bias is None:
@@ -229,39 +198,45 @@ def _add_bias(leaf: _Leaf, bias: torch.Tensor | None, n: int) -> _Leaf:
 
 # --------------------------------------------------------------------------- kernels
 
-# The unfolded matrix is built and consumed in batch tiles of about this size, so that
-# unfold -> GEMM (and, in backward, unfold -> GEMM and GEMM -> fold) run while the tile
-# is still in cache. Tiles split the batch only, so every sample sees the very same GEMMs
-# whatever the tile size: results do not depend on it.
-_TILE_BYTES = 8 * 2**20
 
-# spec = ("conv", geometry, groups) or
-#        ("conv_transpose", fold geometry, fold size, F.pad extension, groups)
-_Spec = tuple
+class ConvSpec(NamedTuple):
+    """``conv`` of one slab: im2col with ``geometry``, then ``groups`` GEMMs."""
+
+    geometry: Geometry
+    groups: int
+
+
+class ConvTransposeSpec(NamedTuple):
+    """``conv_transpose`` of one slab: ``groups`` GEMMs, then col2im with ``geometry``
+    onto ``size``, then ``F.pad`` by ``extend`` (rows no input reaches)."""
+
+    geometry: Geometry
+    size: tuple[int, ...]
+    extend: tuple[int, ...]
+    groups: int
+
+
+_Spec = ConvSpec | ConvTransposeSpec
 
 
 def _expands(kernel: Sequence[int], spatial: Sequence[int], length: int) -> bool:
     """Whether the unfolded matrix is larger than the input. It is not for 1x1 and
     patchify kernels: then there is nothing to keep in cache, and one wide GEMM with no
     tiles, slabs or concatenation is faster."""
-    return _args.prod(kernel) * length > _args.prod(spatial)
+    return math.prod(kernel) * length > math.prod(spatial)
 
 
-def _tiles(batch: int, sample_bytes: int, expands: bool = True) -> list[tuple[int, int]]:
-    """Batch ranges whose unfolded matrix is about _TILE_BYTES (one range if it does not
-    expand the input)."""
+def _tiles(x: torch.Tensor, sample_bytes: int, expands: bool = True) -> list[tuple[int, int]]:
+    """Batch ranges of ``x`` whose unfolded matrix is about the policy's ``tile_bytes``
+    (one range if it does not expand the input), so that unfold -> GEMM (and, in
+    backward, unfold -> GEMM and GEMM -> fold) run while the tile is still in cache.
+    Tiles split the batch only, so every sample sees the very same GEMMs whatever the
+    tile size: results do not depend on it."""
+    batch = x.shape[0]
     if not expands:
         return [(0, batch)]
-    step = max(1, _TILE_BYTES // max(sample_bytes, 1))
+    step = max(1, _plan.policy(x.device).tile_bytes // max(sample_bytes, 1))
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
-
-
-def _pointwise(geom: Geometry) -> bool:
-    """A 1x1 kernel with stride 1 and no padding: unfold and fold are reshapes."""
-    kernel, _, pads, stride, _ = geom
-    return (
-        all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not _args.has_padding(pads)
-    )
 
 
 def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -282,43 +257,42 @@ def _weight_matmul(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Tensor:
     """``(n, C_in, *S)`` -> ``(n, G, C_in/G * prod(k), L)``."""
-    cols = x if _pointwise(geom) else _unfold(x, geom)
-    return cols.reshape(x.shape[0], g, x.shape[1] // g * _args.prod(geom[0]), length)
+    cols = x if geom.pointwise else _unfold(x, geom)
+    return cols.reshape(x.shape[0], g, x.shape[1] // g * math.prod(geom.kernel), length)
 
 
-def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    _, geom, g = spec
-    kernel, dil, pads, st, _ = geom
-    outs = _args.output_size(tuple(x.shape[2:]), kernel, dil, pads, st)
-    length, c_out = _args.prod(outs), w.shape[0]
+def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
+    geom, g = spec
+    outs = geom.blocks(tuple(x.shape[2:]))
+    length, c_out = math.prod(outs), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
-    sample = x.shape[1] * _args.prod(kernel) * length * x.element_size()
+    sample = x.shape[1] * math.prod(geom.kernel) * length * x.element_size()
     pieces = [
         _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
-        for i, n in _tiles(x.shape[0], sample, _expands(kernel, x.shape[2:], length))
+        for i, n in _tiles(x, sample, _expands(geom.kernel, x.shape[2:], length))
     ]
     return _cat(pieces).reshape(x.shape[0], c_out, *outs)
 
 
 def _conv_backward(
-    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: ConvSpec, needs: tuple[bool, bool]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Input and weight gradients, tile by tile; the unfolded input is recomputed rather
     than saved, so training holds no more than one tile of it."""
-    _, geom, g = spec
-    length, c_out = _args.prod(grad.shape[2:]), w.shape[0]
+    geom, g = spec
+    length, c_out = math.prod(grad.shape[2:]), w.shape[0]
     w_mat = w.reshape(g, c_out // g, -1)
-    rows = x.shape[1] * _args.prod(geom[0])
+    rows = x.shape[1] * math.prod(geom.kernel)
     sample = rows * length * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample, _expands(geom[0], x.shape[2:], length)):
+    for i, n in _tiles(x, sample, _expands(geom.kernel, x.shape[2:], length)):
         go = grad.narrow(0, i, n).reshape(n, g, c_out // g, length)
         if needs[0]:
             grad_cols = _weight_matmul(w_mat.transpose(1, 2).conj(), go).reshape(n, rows, length)
             spatial = tuple(x.shape[2:])
             grad_x.append(
                 grad_cols.reshape(n, rows, *spatial)
-                if _pointwise(geom)
+                if geom.pointwise
                 else _fold(grad_cols, spatial, geom)
             )
         if needs[1]:
@@ -327,7 +301,7 @@ def _conv_backward(
                 # per-sample products (n x C_out x rows) would outweigh a permuted copy
                 # of the gradient (n x C_out x L): one GEMM per group with the batch
                 # merged into the contraction (K = n * L)
-                cols = xs if _pointwise(geom) else _unfold(xs, geom, rows_first=True)
+                cols = xs if geom.pointwise else _unfold(xs, geom, rows_first=True)
                 cols = cols.transpose(0, 1).reshape(g, rows // g, n * length)
                 go_rows = go.permute(1, 2, 0, 3).reshape(g, c_out // g, n * length)
                 part = torch.matmul(go_rows, cols.transpose(1, 2).conj())
@@ -341,34 +315,40 @@ def _conv_backward(
     )
 
 
-def _conv_transpose_forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    _, geom, size, extend, g = spec
-    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+def _conv_transpose_forward(
+    x: torch.Tensor, w: torch.Tensor, spec: ConvTransposeSpec
+) -> torch.Tensor:
+    geom, size, extend, g = spec
+    c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)  # (G, C_out/G * prod(k), C_in/G)
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
     pieces = []
-    for i, n in _tiles(x.shape[0], sample):
+    for i, n in _tiles(x, sample):
         cols = _weight_matmul(w_t, x.narrow(0, i, n).reshape(n, g, c_in // g, positions))
         rows = g * w_t.shape[1]
         cols = cols.reshape(n, rows, positions)
-        pieces.append(cols.reshape(n, rows, *size) if _pointwise(geom) else _fold(cols, size, geom))
+        pieces.append(cols.reshape(n, rows, *size) if geom.pointwise else _fold(cols, size, geom))
     out = _cat(pieces)
     return F.pad(out, extend) if any(extend) else out
 
 
 def _conv_transpose_backward(
-    x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, spec: _Spec, needs: tuple[bool, bool]
+    x: torch.Tensor,
+    w: torch.Tensor,
+    grad: torch.Tensor,
+    spec: ConvTransposeSpec,
+    needs: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    _, geom, size, extend, g = spec
-    c_in, positions = x.shape[1], _args.prod(x.shape[2:])
+    geom, size, extend, g = spec
+    c_in, positions = x.shape[1], math.prod(x.shape[2:])
     w_t = w.reshape(g, c_in // g, -1).transpose(1, 2)
     if any(extend):
         grad = F.pad(grad, [-v for v in extend])
     sample = w_t.shape[0] * w_t.shape[1] * positions * x.element_size()
     grad_x, grad_w = [], None
-    for i, n in _tiles(x.shape[0], sample):
+    for i, n in _tiles(x, sample):
         go = grad.narrow(0, i, n)
-        cols = go if _pointwise(geom) else _unfold(go, geom)
+        cols = go if geom.pointwise else _unfold(go, geom)
         cols = cols.reshape(n, g, w_t.shape[1], positions)
         if needs[0]:
             part_x = _weight_matmul(w_t.transpose(1, 2).conj(), cols)
@@ -383,11 +363,6 @@ def _conv_transpose_backward(
     )
 
 
-_FORWARD = {"conv": _conv_forward, "conv_transpose": _conv_transpose_forward}
-_BACKWARD = {"conv": _conv_backward, "conv_transpose": _conv_transpose_backward}
-
-
-@_signature_once
 class _BilinearCore(torch.autograd.Function):
     """``out = op(x, w)`` for an op linear in each argument (conv, conv_transpose).
 
@@ -397,7 +372,9 @@ class _BilinearCore(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:  # type: ignore[override]
-        return _FORWARD[spec[0]](x, w, spec)
+        if isinstance(spec, ConvSpec):
+            return _owning(_conv_forward(x, w, spec))
+        return _owning(_conv_transpose_forward(x, w, spec))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
@@ -408,7 +385,11 @@ class _BilinearCore(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         x, w = ctx.saved_tensors
-        grad_x, grad_w = _BACKWARD[ctx.spec[0]](x, w, grad, ctx.spec, ctx.needs_input_grad[:2])
+        spec, needs = ctx.spec, ctx.needs_input_grad[:2]
+        if isinstance(spec, ConvSpec):
+            grad_x, grad_w = _conv_backward(x, w, grad, spec, needs)
+        else:
+            grad_x, grad_w = _conv_transpose_backward(x, w, grad, spec, needs)
         return grad_x, grad_w, None
 
 
@@ -425,17 +406,18 @@ class _Bilinear(_BilinearCore):
     @staticmethod
     def jvp(ctx, x_tangent, w_tangent, _):  # type: ignore[no-untyped-def]
         x, w = ctx.saved_tensors
-        out = None if x_tangent is None else _Bilinear.apply(x_tangent, w, ctx.spec)
+        out = None if x_tangent is None else _bilinear(x_tangent, w, ctx.spec)
         if w_tangent is not None:
-            part = _Bilinear.apply(x, w_tangent, ctx.spec)
+            part = _bilinear(x, w_tangent, ctx.spec)
             out = part if out is None else out + part
         return out
 
 
+_BILINEAR = Variants.of(_Bilinear)
+
+
 def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
-    # Dynamo cannot trace a Function with a custom jvp: torch.compile gets the core.
-    fn = _BilinearCore if torch.compiler.is_compiling() else _Bilinear
-    return fn.apply(x, w, spec)  # type: ignore[no-any-return]
+    return _BILINEAR.apply(x, w, spec)
 
 
 # --------------------------------------------------------------------------- conv
@@ -496,7 +478,7 @@ def conv(
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     method = _args.choice(method, "method", _METHODS)
     c_in, c_out = x.shape[1], w.shape[0]
-    g = _check_groups(groups, c_in, c_out, "input channels (C_in)", "weight.shape[0] (C_out)")
+    g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
     if c_in != w.shape[1] * g:
         raise ValueError(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} with groups={g} "
@@ -505,29 +487,13 @@ def conv(
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
     if mode != "zeros":
-        _check_pad_mode(spatial, pads, mode)
+        check_pad_mode(spatial, pads, mode)
     outs = _args.output_size(spatial, kernel, dil, pads, st)
-    limit = _check_workspace(max_workspace_bytes)
-    k_numel, item = _args.prod(kernel), x.element_size()
-    w_numel = w.numel()
-
-    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
-        cols = _args.prod(os)
-        pairs: Pads = tuple(ps)  # type: ignore[arg-type]
-        padded = _args.padded_size(sp, pairs)
-        return (
-            item
-            * batch
-            * max(
-                c_in * k_numel * cols,  # unfolded matrix
-                c_out * cols,  # matmul result
-                c_in * _args.prod(padded),  # padded (or copied) input slab
-                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
-            )
-        )
-
+    limit = _args.workspace(max_workspace_bytes)
+    k_numel, item = math.prod(kernel), x.element_size()
+    layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
     has_pad = _args.has_padding(pads) or mode != "zeros"
-    one = cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+    one = layout.cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
@@ -543,23 +509,16 @@ def conv(
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
 
-    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
-        geom_pads: Pads = tuple(ps)  # type: ignore[arg-type]
-        return _bilinear(x, w, ("conv", (kernel, dil, geom_pads, st, False), g))
-
-    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
-        lo: int = p[0]  # type: ignore[index]
-        a = o0 * st[i] - lo  # input coordinate of the slab's first padded element
-        e = (o1 - 1) * st[i] + dil[i] * (kernel[i] - 1) + 1 - lo  # one past its last
-        new_lo = min(max(-a, 0), e - a)
-        new_hi = min(max(e - size, 0), e - a - new_lo)
-        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
+    def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
+        return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, tuple(ps), st), g))
 
     biased = _add_bias(leaf, b, n)
-    if limit is None and not _expands(kernel, x.shape[2:], _args.prod(outs)):
+    if limit is None and not _expands(kernel, x.shape[2:], math.prod(outs)):
         out = biased(x, pads, outs)
     else:
-        out = _chunked(x, pads, outs, _workspace(limit, one), cost, slab, biased)
+        budget = _workspace(limit, one, x.device)
+        slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, budget, layout)
+        out = _slabs.run(x, slabs, pads, outs, biased)
     return out if batched else out.squeeze(0)
 
 
@@ -628,7 +587,7 @@ def conv_transpose(
             f"input has {c_in} channels but weight of shape {tuple(w.shape)} expects "
             f"weight.shape[0] = {w.shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
         )
-    g = _check_groups(groups, c_in, c_in, "input channels (C_in)", "input channels (C_in)")
+    g = _args.groups(groups, **{"input channels (C_in)": c_in})
     c_out = w.shape[1] * g
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
@@ -643,29 +602,17 @@ def conv_transpose(
             )
         out_pad = derived
     outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
-    limit = _check_workspace(max_workspace_bytes)
+    limit = _args.workspace(max_workspace_bytes)
     span = _args.span(kernel, dil)
-    k_numel, item, w_numel = _args.prod(kernel), x.element_size(), w.numel()
-
-    def cost(batch: int, sp: Sequence[int], ps: Sequence[object], os: Sequence[int]) -> int:
-        return (
-            item
-            * batch
-            * max(
-                c_out * k_numel * _args.prod(sp),  # columns before fold
-                c_out * _args.prod(os),  # folded slab
-                c_in * _args.prod(sp),  # input slab (copied if not contiguous)
-                w_numel if batch > 1 and g > 1 else 0,  # grouped weight broadcast by matmul
-            )
-        )
-
+    k_numel, item = math.prod(kernel), x.element_size()
+    layout = _ConvTransposeSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
     rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
-    one = cost(1, rows, (0,) * n, (1,) * n)
+    one = layout.cost(1, rows, (0,) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
             f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
-            f"of {item} bytes per contributing input position, up to {_args.prod(rows)})"
+            f"of {item} bytes per contributing input position, up to {math.prod(rows)})"
         )
 
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
@@ -674,7 +621,7 @@ def conv_transpose(
         return out if batched else out.squeeze(0)
 
     # ---- work starts here
-    def leaf(x: torch.Tensor, ps: Sequence[object], os: Sequence[int]) -> torch.Tensor:
+    def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
         batch, sp = x.shape[0], tuple(x.shape[2:])
         if any(s == 0 for s in sp):  # no input row reaches this slab of the output
@@ -689,15 +636,10 @@ def conv_transpose(
         extend = tuple(
             v for a, z in reversed(list(zip(lo, hi, strict=True))) for v in (max(-a, 0), max(-z, 0))
         )
-        return _bilinear(x, w, ("conv_transpose", (kernel, dil, crop, st, False), size, extend, g))
+        geom = Geometry(kernel, dil, crop, st)
+        return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
 
-    def slab(i: int, size: int, p: object, o0: int, o1: int) -> tuple[int, int, object]:
-        u0, u1 = int(p) + o0, int(p) + o1  # type: ignore[call-overload]
-        first = max(0, -((span[i] - 1 - u0) // st[i]))  # ceil((u0 - span + 1) / s)
-        last = min(size - 1, (u1 - 1) // st[i])
-        if last < first:
-            return min(first, size), 0, 0
-        return first, last - first + 1, u0 - first * st[i]
-
-    out = _chunked(x, pad_, outs, _workspace(limit, one), cost, slab, _add_bias(leaf, b, n))
+    budget = _workspace(limit, one, x.device)
+    slabs = _slabs.plan(x.shape[0], spatial, pad_, outs, budget, layout)
+    out = _slabs.run(x, slabs, pad_, outs, _add_bias(leaf, b, n))
     return out if batched else out.squeeze(0)

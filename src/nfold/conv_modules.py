@@ -41,7 +41,7 @@ def _reset_parameters(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if bias is not None:
             # fan_in as torch computes it for conv and transposed conv alike:
             # weight.shape[1] * prod(k)
-            fan_in = weight.shape[1] * _args.prod(weight.shape[2:])
+            fan_in = weight.shape[1] * math.prod(weight.shape[2:])
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
             nn.init.uniform_(bias, -bound, bound)
 
@@ -84,6 +84,11 @@ class _ConvBase(nn.Module):
         }
         if ndim is not None:
             _positive_int(ndim, "ndim")
+        if ndim is None and all(_args.tuple_len(v, k) is None for k, v in sizes.items()):
+            raise ValueError(
+                f"{type(self).__name__} cannot tell the number of spatial dims from int size "
+                f"arguments (kernel_size={kernel_size!r}): pass ndim=N or N-tuples"
+            )
         n = _args.infer_n(sizes, default=ndim)
         if ndim is not None and ndim != n:
             raise ValueError(f"ndim={ndim} disagrees with the size arguments, which have {n} dims")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 
 from torch import nn
 
@@ -26,9 +27,23 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def _twin(module: nn.Module) -> nn.Module:
+#: The methods through which a torch conv layer computes: a subclass that overrides none
+#: of them computes as its base, and is converted as its base.
+OWN_COMPUTE = ("forward", "_conv_forward", "_output_padding")
+
+
+def twin_class(module: nn.Module) -> type[nn.Module] | None:
+    """nfold's class for ``module``, or None if ``convert`` leaves it alone."""
+    for base, twin in TWINS.items():
+        if isinstance(module, base):
+            cls = type(module)
+            same = all(getattr(cls, m, None) is getattr(base, m, None) for m in OWN_COMPUTE)
+            return twin if same else None
+    return None
+
+
+def _twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     """The nfold twin of ``module``: same state (parameters, buffers, hooks, mode), new class."""
-    cls = TWINS[type(module)]
     new = cls.__new__(cls)
     # Shallow state copy: Parameter objects are shared; the containers are not.
     new.__dict__.update(
@@ -40,16 +55,20 @@ def _twin(module: nn.Module) -> nn.Module:
 def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn.Module:
     """Replace every ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d`` by its nfold twin.
 
-    Only modules whose type is exactly one of those six torch classes are replaced
-    (subclasses may override ``forward`` and are left alone). The twin shares the
-    replaced module's ``weight`` and ``bias`` (the same ``Parameter`` objects), its
-    attributes, hooks and train/eval mode, hence also its device and dtype. A module
-    used at several places is replaced by one twin.
+    Replaced: those six torch classes, and their subclasses that override none of
+    ``forward``, ``_conv_forward``, ``_output_padding`` (they compute as their base and
+    become its twin; other methods and attributes of the subclass are not kept as
+    methods). Subclasses that override one of them are left alone. The twin shares
+    the replaced module's ``weight`` and ``bias`` (the same ``Parameter`` objects), its
+    buffers, attributes, hooks and train/eval mode, hence also its device and dtype. A
+    module used at several places is replaced by one twin.
 
     Args:
         model: any ``nn.Module`` (may itself be a conv layer).
-        inplace: modify ``model`` itself; otherwise a deep copy is converted and
-            ``model`` is left untouched (the copy's parameters are then new objects).
+        inplace: modify ``model`` itself; otherwise the module structure is copied
+            and converted, ``model`` keeps its classes, and both share their
+            Parameters and buffers (training either trains both, as with
+            ``inplace=True``).
         method: the twins' ``method``: "gemm" (nfold's own unfold -> matmul arithmetic)
             or "auto" (torch's native conv), as :func:`nfold.conv`.
 
@@ -63,17 +82,17 @@ def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     method = _args.choice(method, "method", ("auto", "gemm"))
-    if not inplace:
-        model = copy.deepcopy(model)
+    if not inplace:  # new modules, the same Parameters and buffers
+        state = itertools.chain(model.parameters(), model.buffers())
+        model = copy.deepcopy(model, {id(t): t for t in state})
     memo: dict[int, nn.Module] = {}
 
     def swap(module: nn.Module) -> nn.Module:
-        if type(module) in TWINS:
-            if id(module) not in memo:
-                memo[id(module)] = _twin(module)
-                memo[id(module)].method = method  # type: ignore[assignment]
-            return memo[id(module)]
-        return module
+        cls = twin_class(module)
+        if cls is not None and id(module) not in memo:
+            memo[id(module)] = _twin(module, cls)
+            memo[id(module)].method = method  # type: ignore[assignment]
+        return memo.get(id(module), module)
 
     for parent in list(model.modules()):
         for name, child in list(parent._modules.items()):

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from . import _args
+from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg
 from .patches import fold, unfold, unfold_transpose
 
@@ -135,18 +135,15 @@ class UnfoldTranspose(nn.Module):
     def forward(self, input: torch.Tensor, output_size: IntOrTuple | None = None) -> torch.Tensor:
         output_padding = self.output_padding
         if output_size is not None:
-            sizes = {
-                "kernel_size": self.kernel_size,
-                "stride": self.stride,
-                "padding": self.padding,
-                "dilation": self.dilation,
-            }
-            x, n, _ = _args.spatial_input(input, sizes)
-            k, s, p, d = (
-                _args.ntuple(v, n, name, min_value=0 if name == "padding" else 1)
-                for name, v in sizes.items()
+            sizes = {"kernel_size": self.kernel_size, "stride": self.stride,
+                     "padding": self.padding, "dilation": self.dilation}  # fmt: skip
+            x = _args.check_tensor(input)
+            n, _ = _args.input_n(x.shape, sizes)
+            t = _plan.transposed(n, self.kernel_size, self.stride, self.padding, 0, self.dilation)
+            spatial = tuple(x.shape[-n:])
+            output_padding = _args.output_padding_for(
+                spatial, output_size, t.kernel, t.stride, t.padding, t.dilation
             )
-            output_padding = _args.output_padding_for(tuple(x.shape[2:]), output_size, k, s, p, d)
         return unfold_transpose(
             input, self.kernel_size, self.stride, self.padding, output_padding, self.dilation
         )

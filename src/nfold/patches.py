@@ -12,19 +12,17 @@ derivatives of every order are exact.
 
 from __future__ import annotations
 
-import inspect
+import functools
 import itertools
-from collections.abc import Sequence
-from typing import Any, TypeVar
+import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import _args
+from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg, Pads
-
-# (kernel_size, dilation, per-side zero padding, stride, flip)
-Geometry = tuple[tuple[int, ...], tuple[int, ...], Pads, tuple[int, ...], bool]
+from ._plan import Geometry
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _REAL = {
@@ -44,39 +42,44 @@ _WIDER = {
 }
 
 
-def _window_view(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """``(B, C, *P)`` (already padded) -> view ``(B, C, *L, *k)``."""
-    kernel, dilation, _, stride, _ = geom
-    n = len(kernel)
-    for i, (k, d, s) in enumerate(zip(kernel, dilation, stride, strict=True)):
-        x = x.unfold(2 + i, d * (k - 1) + 1, s)
-    if any(d > 1 for d in dilation):
-        index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in dilation))
-        x = x[index]
-    assert x.dim() == 2 + 2 * n
-    return x
-
-
-def _swap_grid_and_kernel(t: torch.Tensor, n: int) -> torch.Tensor:
-    """``(B, C, *L, *k)`` <-> ``(B, C, *k, *L)`` (a view)."""
-    return t.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
-
-
-# Zero padding is applied to at most this many bytes of input at a time, so unfold's
-# peak memory is its output plus this, not plus a padded copy of the whole input.
-_PAD_CHUNK_BYTES = 1 << 20
+def _window_view(x: torch.Tensor, geom: Geometry, kernel_last: bool = True) -> torch.Tensor:
+    """``(B, C, *P)`` (already padded) -> view ``(B, C, *L, *k)`` (or ``(B, C, *k, *L)``
+    if not ``kernel_last``), in whatever layout ``x`` has: one ``as_strided``. Dynamo
+    cannot trace ``storage_offset`` inside an autograd.Function, so compiled code takes
+    the same view as a chain of ``Tensor.unfold``."""
+    n = len(geom.kernel)
+    if torch.compiler.is_compiling():
+        for i, (span, s) in enumerate(zip(geom.span, geom.stride, strict=True)):
+            x = x.unfold(2 + i, span, s)
+        if any(d > 1 for d in geom.dilation):
+            index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
+            x = x[index]
+        if kernel_last:
+            return x
+        return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
+    spatial, strides = x.shape[2:], x.stride()[2:]
+    blocks = geom.unpadded().blocks(spatial)
+    grid = [s * t for s, t in zip(strides, geom.stride, strict=True)]
+    offsets = [s * d for s, d in zip(strides, geom.dilation, strict=True)]
+    sizes, steps = ((*blocks, *geom.kernel), (*grid, *offsets))
+    if not kernel_last:
+        sizes, steps = ((*geom.kernel, *blocks), (*offsets, *grid))
+    return x.as_strided((*x.shape[:2], *sizes), (*x.stride()[:2], *steps), x.storage_offset())
 
 
 def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
-    """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the chunk budget."""
+    """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the device policy's
+    ``pad_chunk_bytes``, so unfold's peak memory is its output plus that, not plus a
+    padded copy of the whole input."""
     batch, channels = x.shape[:2]
     if not _args.has_padding(pads):
         return [(slice(None), slice(None))]
-    plane = x.element_size() * _args.prod(_args.padded_size(x.shape[2:], pads))
-    if plane * channels <= _PAD_CHUNK_BYTES:
-        step = max(1, _PAD_CHUNK_BYTES // max(plane * channels, 1))
+    budget = _plan.policy(x.device).pad_chunk_bytes
+    plane = x.element_size() * math.prod(_args.padded_size(x.shape[2:], pads))
+    if plane * channels <= budget:
+        step = max(1, budget // max(plane * channels, 1))
         return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
-    step = max(1, _PAD_CHUNK_BYTES // plane)
+    step = max(1, budget // plane)
     channel_steps = range(0, channels, step)
     return [(slice(b, b + 1), slice(c, c + step)) for b in range(batch) for c in channel_steps]
 
@@ -85,22 +88,24 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     """``(B, C, *S)`` -> ``(B, C * prod(k), L)``; with ``rows_first`` the result is laid out
     in memory as ``(C * prod(k), B, L)`` (same values, a transposed view), so that the
     batch can be merged into the columns of one GEMM without a copy."""
-    kernel, dilation, pads, stride, flip = geom
-    n = len(kernel)
+    kernel, n = geom.kernel, len(geom.kernel)
     batch, channels = x.shape[:2]
-    outs = _args.output_size(tuple(x.shape[2:]), kernel, dilation, pads, stride)
+    outs = geom.blocks(tuple(x.shape[2:]))
+    rows, length = channels * math.prod(kernel), math.prod(outs)
+    if not (geom.padded or geom.flip or rows_first):  # one strided copy
+        blocks = _window_view(x, geom, kernel_last=False)
+        return blocks.clone(memory_format=torch.contiguous_format).view(batch, rows, length)
     if rows_first:
         shape = (channels, *kernel, batch, *outs)
         cols = torch.empty(shape, dtype=x.dtype, device=x.device).movedim(1 + n, 0)
     else:
         cols = torch.empty((batch, channels, *kernel, *outs), dtype=x.dtype, device=x.device)
-    flat_pads = [p for pair in reversed(pads) for p in pair]
-    for chunk in _pad_chunks(x, pads):
+    flat_pads = [p for pair in reversed(geom.padding) for p in pair]
+    for chunk in _pad_chunks(x, geom.padding):
         part = F.pad(x[chunk], flat_pads) if any(flat_pads) else x[chunk]
-        view = _window_view(part, geom)
-        blocks = _swap_grid_and_kernel(view, n)  # (b, c, *k, *L)
+        blocks = _window_view(part, geom, kernel_last=False)  # (b, c, *k, *L)
         dst = cols[chunk]
-        if flip:  # torch has no negative strides: copy one kernel offset at a time
+        if geom.flip:  # torch has no negative strides: copy one kernel offset at a time
             for offset in itertools.product(*(range(k) for k in kernel)):
                 flipped = tuple(k - 1 - j for k, j in zip(kernel, offset, strict=True))
                 to: tuple[Any, ...] = (slice(None), slice(None), *flipped)
@@ -108,7 +113,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
                 dst[to].copy_(blocks[src])
         else:
             dst.copy_(blocks)
-    return cols.view(batch, channels * _args.prod(kernel), _args.prod(outs))
+    return cols.view(batch, rows, length)
 
 
 def _phase_plan(
@@ -130,52 +135,72 @@ def _phase_plan(
     return plan
 
 
-# Below this many blocks along the last dim, fold's strided adds cost more per row than
-# a scatter_add_ pass costs per element (measured: 1.5-2.2x faster for 6 and 8 blocks).
-# scatter_add_ is used only when its int64 index (8 bytes per column, shared by all
-# planes) is at most _INDEX_SHARE of the input, so it never adds much memory.
-_SHORT_ROW = 16
-_INDEX_SHARE = 1 / 8
-
-
 def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
     """fold as ``scatter_add_`` passes into a zero-padded buffer, cropped into the output,
-    a chunk of planes at a time (so the padded copy never exceeds _PAD_CHUNK_BYTES).
+    a chunk of planes at a time (so the padded copy never exceeds the policy's ``pad_chunk_bytes``).
 
     On the CPU scatter_add_ walks each row's index in order (on GPUs it uses atomics), so
     every output element still receives its blocks in row-major kernel-offset order,
     starting from zero: bitwise equal to the phase path.
     """
-    kernel, dilation, pads, stride, flip = geom
+    pads = geom.padding
     padded = _args.padded_size(spatial, pads)
-    positions = torch.arange(_args.prod(padded), device=y.device).view(1, 1, *padded)
-    index = _unfold_forward(positions, (kernel, dilation, ((0, 0),) * len(kernel), stride, flip))
-    batch, channels = y.shape[0], y.shape[1] // _args.prod(kernel)
+    index = _scatter_index(padded, geom, y.device)
+    batch, channels = y.shape[0], y.shape[1] // math.prod(geom.kernel)
     rows = batch * channels
     src = y.view(rows, index.numel())
 
     def scatter(part: torch.Tensor) -> torch.Tensor:
-        buf = torch.zeros((part.shape[0], _args.prod(padded)), dtype=y.dtype, device=y.device)
+        buf = torch.zeros((part.shape[0], math.prod(padded)), dtype=y.dtype, device=y.device)
         return buf.scatter_add_(1, index.view(1, -1).expand(part.shape[0], -1), part)
 
-    if not _args.has_padding(pads):
+    if not geom.padded:
         return scatter(src).view(batch, channels, *spatial)
     out = torch.empty((rows, *spatial), dtype=y.dtype, device=y.device)
     crop: tuple[Any, ...] = tuple(
         slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads, strict=True)
     )
-    step = max(1, _PAD_CHUNK_BYTES // (y.element_size() * _args.prod(padded)))
+    budget = _plan.policy(y.device).pad_chunk_bytes
+    step = max(1, budget // (y.element_size() * math.prod(padded)))
     for r in range(0, rows, step):
         out[r : r + step] = scatter(src[r : r + step]).view(-1, *padded)[(slice(None), *crop)]
     return out.view(batch, channels, *spatial)
 
 
-def _disjoint(geom: Geometry) -> bool:
-    """Blocks that never overlap (stride >= span in every dim: patches), unpadded, unflipped."""
-    kernel, dilation, pads, stride, flip = geom
-    spans = _args.span(kernel, dilation)
-    fits = all(s >= span for s, span in zip(stride, spans, strict=True))
-    return fits and not flip and not _args.has_padding(pads)
+def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
+    """Where fold's scatter sends each column: ``(1, prod(k), L)`` flat positions of the
+    padded output (the unfold of their arange)."""
+    with torch.inference_mode(False), torch.no_grad():  # cached: must serve every mode
+        positions = torch.arange(math.prod(padded), device=device).view(1, 1, *padded)
+        return _unfold_forward(positions, geom.unpadded())
+
+
+_cached_index = functools.lru_cache(maxsize=64)(_index)
+
+
+def _scatter_index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
+    """:func:`_index`, cached per geometry when small (a small fold is then one
+    ``scatter_add_``); traced, not cached, under torch.compile."""
+    columns = math.prod(geom.kernel) * math.prod(geom.unpadded().blocks(padded))
+    if 8 * columns <= _plan.policy(device).small_index and not torch.compiler.is_compiling():
+        return _cached_index(padded, geom, device)
+    return _index(padded, geom, device)
+
+
+def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, kernel: int) -> bool:
+    """Whether fold takes one ``scatter_add_`` pass: only where scatter keeps the
+    summation order, and either when its int64 index (8 bytes per column, shared by all
+    planes) is small (then one op beats a strided add per kernel offset), or for rows
+    shorter than the policy's ``short_row`` (strided adds then cost more per row than a
+    scatter per element: 1.5-2.2x for 6 and 8 blocks on CPU) when the index is at most
+    ``index_share`` of the input."""
+    rule = _plan.policy(y.device)
+    if not (rule.ordered_scatter and y.is_contiguous() and y.dtype == acc != torch.complex32):
+        return False
+    if 8 * kernel * y.shape[2] <= rule.small_index:
+        return True  # the index has prod(k) * L entries
+    planes = y.shape[0] * y.shape[1] // kernel
+    return blocks[-1] < rule.short_row and rule.index_share * planes * y.element_size() >= 8
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
@@ -189,31 +214,25 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     """
     if y.dtype in _NO_ADD:
         return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
-    kernel, dilation, pads, stride, flip = geom
-    blocks = _args.output_size(spatial, kernel, dilation, pads, stride)
+    kernel = geom.kernel
+    blocks = geom.blocks(spatial)
     batch = y.shape[0]
-    channels = y.shape[1] // _args.prod(kernel)
+    channels = y.shape[1] // math.prod(kernel)
     acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
-    if (
-        blocks[-1] < _SHORT_ROW
-        and y.device.type == "cpu"
-        and y.is_contiguous()
-        and y.dtype == acc != torch.complex32
-        and _INDEX_SHARE * batch * channels * y.element_size() >= 8
-    ):
+    if _scatter_pays(y, blocks, acc, math.prod(kernel)):
         return _fold_scatter(y, spatial, geom)
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
-    if _disjoint(geom):  # each element gets at most one term, 0 + x: one strided add
-        _window_view(out, geom).add_(_swap_grid_and_kernel(cols, len(kernel)))
+    if geom.disjoint:  # each element gets at most one term, 0 + x: one strided add
+        _window_view(out, geom, kernel_last=False).add_(cols)
         return out if acc == y.dtype else out.to(y.dtype)
     plans = [
-        _phase_plan(size, k, d, lo, s, nb, flip)
+        _phase_plan(size, k, d, lo, s, nb, geom.flip)
         for size, k, d, (lo, _), s, nb in zip(
-            spatial, kernel, dilation, pads, stride, blocks, strict=True
+            spatial, kernel, geom.dilation, geom.padding, geom.stride, blocks, strict=True
         )
     ]
-    strided = any(s > 1 for s in stride)
+    strided = any(s > 1 for s in geom.stride)
     for phase in itertools.product(*(sorted(plan.items()) for plan in plans)):
         counts = [count for _, (count, _) in phase]
         buf = out.new_zeros((batch, channels, *counts)) if strided else out
@@ -225,9 +244,21 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
                 dst.append(slice(first + t, last + t + 1))
             buf[tuple(dst)].add_(cols[tuple(src)])
         if strided:
-            phase_slice = (slice(r, None, s) for (r, _), s in zip(phase, stride, strict=True))
+            phase_slice = (slice(r, None, s) for (r, _), s in zip(phase, geom.stride, strict=True))
             out[(slice(None), slice(None), *phase_slice)] = buf
     return out if acc == y.dtype else out.to(y.dtype)
+
+
+def _owning(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor that owns its view metadata (no copy).
+
+    Autograd forbids in-place ops on a view created inside a custom Function (they would
+    bypass its backward), so an output that is a reshape of a buffer made in ``forward``
+    would break ``relu_``, ``+=`` and ``ReLU(inplace=True)``. ``detach()`` gives the same
+    storage as a plain tensor (~1 us). Only for buffers ``forward`` allocated itself: an
+    alias of an input would let in-place ops on the output silently change that input.
+    """
+    return t.detach()
 
 
 def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
@@ -236,42 +267,29 @@ def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
     return x.reshape(v * b, *x.shape[2:]), v, b
 
 
-_F = TypeVar("_F", bound=type[torch.autograd.Function])
-
-
-def _signature_once(cls: _F) -> _F:
-    """``Function.apply`` binds its arguments with ``inspect.signature(forward)`` on every
-    call (~10 us, a fifth of a small unfold); give ``forward`` its signature once."""
-    cls.forward.__signature__ = inspect.signature(cls.forward)  # type: ignore[attr-defined]
-    return cls
-
-
-@_signature_once
 class _UnfoldCore(torch.autograd.Function):
     """im2col on a batched ``(B, C, *S)`` tensor; backward is fold. Traceable by dynamo."""
 
     @staticmethod
     def forward(x: torch.Tensor, geom: Geometry, rows_first: bool) -> torch.Tensor:  # type: ignore[override]
-        return _unfold_forward(x, geom, rows_first)
+        return _owning(_unfold_forward(x, geom, rows_first))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        x, geom, _ = inputs
-        ctx.geom = geom
-        ctx.spatial = tuple(x.shape[2:])
+        x, geom, rows_first = inputs
+        ctx.geom, ctx.spatial, ctx.rows_first = geom, tuple(x.shape[2:]), rows_first
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[no-untyped-def]
         return _fold(grad, ctx.spatial, ctx.geom), None, None
 
 
-@_signature_once
 class _FoldCore(torch.autograd.Function):
     """col2im onto a batched ``(B, C, *spatial)`` tensor; backward is unfold."""
 
     @staticmethod
     def forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:  # type: ignore[override]
-        return _fold_forward(y, spatial, geom)
+        return _owning(_fold_forward(y, spatial, geom))
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
@@ -288,39 +306,84 @@ class _Unfold(_UnfoldCore):
     """Adds forward-mode AD (unfold is linear) and a vmap rule (merge into the batch)."""
 
     @staticmethod
-    def jvp(ctx, tangent, _geom, rows_first):  # type: ignore[no-untyped-def]
-        return _Unfold.apply(tangent, ctx.geom, rows_first)
+    def jvp(ctx, tangent, *_):  # type: ignore[no-untyped-def]
+        return _unfold(tangent, ctx.geom, ctx.rows_first)
 
     @staticmethod
     def vmap(info, in_dims, x, geom, rows_first):  # type: ignore[no-untyped-def]
         flat, v, b = _move_vmap_dim(x, in_dims[0])
-        out = _Unfold.apply(flat, geom, rows_first)
+        out = _unfold(flat, geom, rows_first)
         return out.view(v, b, *out.shape[1:]), 0
 
 
 class _Fold(_FoldCore):
     @staticmethod
-    def jvp(ctx, tangent, _spatial, _geom):  # type: ignore[no-untyped-def]
-        return _Fold.apply(tangent, ctx.spatial, ctx.geom)
+    def jvp(ctx, tangent, *_):  # type: ignore[no-untyped-def]
+        return _fold(tangent, ctx.spatial, ctx.geom)
 
     @staticmethod
     def vmap(info, in_dims, y, spatial, geom):  # type: ignore[no-untyped-def]
         flat, v, b = _move_vmap_dim(y, in_dims[0])
-        out = _Fold.apply(flat, spatial, geom)
+        out = _fold(flat, spatial, geom)
         return out.view(v, b, *out.shape[1:]), 0
 
 
-# Dynamo cannot trace an autograd.Function with a custom jvp or vmap, so torch.compile
-# gets the core Functions: same forward, same backward, so compiled gradients are
-# bitwise equal to eager ones.
+_Function = type[torch.autograd.Function]
+
+
+def _old_style(cls: _Function) -> _Function:
+    """``cls`` (new-style: ``forward`` + ``setup_context``) as an old-style Function,
+    ``forward(ctx, *args)``: same forward, backward and jvp. ``Function.apply`` binds a
+    new-style forward's signature on every call, which costs ~5x a small unfold; an
+    old-style one skips that, but functorch transforms refuse it."""
+
+    def forward(ctx, *args):  # type: ignore[no-untyped-def]
+        out = cls.forward(*args)
+        cls.setup_context(ctx, args, out)
+        return out
+
+    body = {"forward": staticmethod(forward), "backward": staticmethod(cls.backward)}
+    if "jvp" in vars(cls):
+        body["jvp"] = staticmethod(cls.jvp)
+    return type(cls.__name__ + "Eager", (torch.autograd.Function,), body)
+
+
+_transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+class Variants(NamedTuple):
+    """One op as three Functions with the same forward and backward (so results agree
+    bitwise): ``core`` for torch.compile (dynamo cannot trace a custom jvp or vmap),
+    ``full`` (jvp, vmap) under functorch transforms, ``eager`` (old-style, jvp) else."""
+
+    core: _Function
+    full: _Function
+    eager: _Function
+
+    def apply(self, *args: Any) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            fn = self.core
+        elif _transforms_active is None or _transforms_active():
+            fn = self.full  # the same check torch's own Function.apply makes
+        else:
+            fn = self.eager
+        return fn.apply(*args)  # type: ignore[no-any-return]
+
+    @classmethod
+    def of(cls, full: _Function) -> Variants:
+        return cls(full.__mro__[1], full, _old_style(full))
+
+
+_UNFOLD = Variants.of(_Unfold)
+_FOLD = Variants.of(_Fold)
+
+
 def _unfold(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -> torch.Tensor:
-    fn = _UnfoldCore if torch.compiler.is_compiling() else _Unfold
-    return fn.apply(x, geom, rows_first)  # type: ignore[no-any-return]
+    return _UNFOLD.apply(x, geom, rows_first)
 
 
 def _fold(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
-    fn = _FoldCore if torch.compiler.is_compiling() else _Fold
-    return fn.apply(y, spatial, geom)  # type: ignore[no-any-return]
+    return _FOLD.apply(y, spatial, geom)
 
 
 def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> torch.Tensor:
@@ -330,22 +393,6 @@ def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> 
     if mode == "replicate":
         return idx.clamp(0, size - 1)
     return idx.remainder(size)  # circular
-
-
-def _check_pad_mode(spatial: Sequence[int], pads: Pads, mode: str) -> None:
-    for i, (size, (lo, hi)) in enumerate(zip(spatial, pads, strict=True)):
-        if mode == "reflect" and max(lo, hi) >= size:
-            raise ValueError(
-                f'padding {pads} with padding_mode="reflect" must be smaller than the input '
-                f"size {size} in spatial dim {i}"
-            )
-        if mode == "circular" and max(lo, hi) > size:
-            raise ValueError(
-                f'padding {pads} with padding_mode="circular" must be at most the input '
-                f"size {size} in spatial dim {i}"
-            )
-        if mode == "replicate" and size == 0 and lo + hi > 0:
-            raise ValueError(f"cannot replicate-pad an empty spatial dim {i}")
 
 
 def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
@@ -395,22 +442,15 @@ def unfold(
     >>> unfold(x, 3, stride=5).shape
     torch.Size([1, 3, 3])
     """
-    sizes = {"kernel_size": kernel_size, "dilation": dilation, "padding": padding, "stride": stride}
-    x, n, batched = _args.spatial_input(input, sizes)
-    kernel = _args.ntuple(kernel_size, n, "kernel_size")
-    dil = _args.ntuple(dilation, n, "dilation")
-    st = _args.ntuple(stride, n, "stride")
-    pads = _args.padding_pairs(padding, n, kernel, dil, st)
-    mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
-    spatial = tuple(x.shape[2:])
-    if mode != "zeros":
-        _check_pad_mode(spatial, pads, mode)
-    _args.output_size(spatial, kernel, dil, pads, st)  # raises if the kernel does not fit
-    _args.check_unfold_alloc(x, kernel, dil, pads, st)
-    if mode != "zeros":
-        x, pads = pad(x, pads, mode), ((0, 0),) * n
-    out = _unfold(x, (kernel, dil, pads, st, False))
-    return out if batched else out.squeeze(0)
+    x = _args.check_tensor(input)
+    plan = _plan.unfold_plan(
+        x.shape, x.dtype, x.device, kernel_size, dilation, padding, stride, padding_mode
+    )
+    x = x if plan.batched else x.unsqueeze(0)
+    if plan.mode != "zeros":
+        x = pad(x, plan.mode_padding, plan.mode)
+    out = _unfold(x, plan.geometry)
+    return out if plan.batched else out.squeeze(0)
 
 
 def fold(
@@ -443,54 +483,23 @@ def fold(
     [1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0]
     """
     y = _args.check_tensor(input)
-    sizes = {
-        "output_size": output_size,
-        "kernel_size": kernel_size,
-        "dilation": dilation,
-        "padding": padding,
-        "stride": stride,
-    }
-    n = _args.infer_n(sizes, default=2)
-    spatial = _args.ntuple(output_size, n, "output_size", min_value=0)
-    kernel = _args.ntuple(kernel_size, n, "kernel_size")
-    dil = _args.ntuple(dilation, n, "dilation")
-    st = _args.ntuple(stride, n, "stride")
-    pads = _args.padding_pairs(padding, n, kernel, dil, st)
-    mode = _args.choice(reduction, "reduction", _args.REDUCTIONS)
-    if mode == "mean" and not (y.is_floating_point() or y.is_complex()):
-        raise TypeError(f'reduction="mean" needs a floating or complex input, got {y.dtype}')
-    if y.dim() not in (2, 3):
-        raise ValueError(
-            f"input must have 3 dims (B, C * prod(kernel_size), L) or 2 (unbatched), "
-            f"got shape {tuple(y.shape)}"
-        )
-    batched = y.dim() == 3
-    y = y if batched else y.unsqueeze(0)
-    k_numel = _args.prod(kernel)
-    if y.shape[1] % k_numel:
-        raise ValueError(
-            f"input's channel dim ({y.shape[1]}) must be divisible by prod(kernel_size) = "
-            f"{k_numel} (kernel_size={kernel})"
-        )
-    blocks = _args.output_size(spatial, kernel, dil, pads, st)
-    if y.shape[2] != _args.prod(blocks):
-        raise ValueError(
-            f"input's last dim ({y.shape[2]}) must equal the number of blocks "
-            f"{_args.prod(blocks)} = prod{blocks} for output_size={spatial}, "
-            f"kernel_size={kernel}, dilation={dil}, padding={pads}, stride={st}"
-        )
-    _args.check_fold_alloc(y, spatial, kernel)
-    geom: Geometry = (kernel, dil, pads, st, False)
-    if mode == "sum":
+    plan = _plan.fold_plan(
+        y.shape, y.dtype, y.device, output_size, kernel_size, dilation, padding, stride, reduction
+    )
+    y = y if plan.batched else y.unsqueeze(0)
+    geom, spatial = plan.geometry, plan.output_size
+    if plan.reduction == "sum":
         out = _fold(y, spatial, geom)
     else:
         # Summing c copies of x is exact in the wider type, so the mean of identical
         # values is x exactly (float64 inputs have no wider type: round-off there).
         acc = _WIDER.get(y.dtype, y.dtype)
-        ones = torch.ones((1, k_numel, y.shape[2]), dtype=_REAL.get(acc, acc), device=y.device)
+        ones = torch.ones(
+            (1, math.prod(geom.kernel), y.shape[2]), dtype=_REAL.get(acc, acc), device=y.device
+        )
         counts = _fold_forward(ones, spatial, geom)
         out = (_fold(y.to(acc), spatial, geom) / counts.clamp(min=1)).to(y.dtype)
-    return out if batched else out.squeeze(0)
+    return out if plan.batched else out.squeeze(0)
 
 
 def _dilate(x: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
@@ -532,33 +541,15 @@ def unfold_transpose(
     >>> unfold_transpose(torch.ones(1, 2, 4), 3, stride=2).shape
     torch.Size([1, 6, 9])
     """
-    sizes = {
-        "kernel_size": kernel_size,
-        "stride": stride,
-        "padding": padding,
-        "output_padding": output_padding,
-        "dilation": dilation,
-    }
-    x, n, batched = _args.spatial_input(input, sizes)
-    kernel = _args.ntuple(kernel_size, n, "kernel_size")
-    st = _args.ntuple(stride, n, "stride")
-    pad_ = _args.ntuple(padding, n, "padding", min_value=0)
-    out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
-    dil = _args.ntuple(dilation, n, "dilation")
-    spatial = tuple(x.shape[2:])
-    _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
-    _args.check_unfold_transpose_alloc(x, kernel, st, pad_, out_pad, dil)
-    if any(s == 0 for s in spatial):
-        raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(input.shape)}")
+    x = _args.check_tensor(input)
+    plan = _plan.unfold_transpose_plan(
+        x.shape, x.dtype, x.device, kernel_size, stride, padding, output_padding, dilation
+    )
+    x = x if plan.batched else x.unsqueeze(0)
     # Zero-insert by the stride, pad by d (k-1) - p (+ output_padding on the high side;
     # negative values crop), then a stride-1 im2col with the kernel flipped.
-    pads = [
-        (d * (k - 1) - p, d * (k - 1) - p + op)
-        for k, p, op, d in zip(kernel, pad_, out_pad, dil, strict=True)
-    ]
-    z = F.pad(_dilate(x, st), [v for pair in reversed(pads) for v in pair])
-    out = _unfold(z, (kernel, dil, ((0, 0),) * n, (1,) * n, True))
-    return out if batched else out.squeeze(0)
+    out = _unfold(F.pad(_dilate(x, plan.stride), plan.pads), plan.geometry)
+    return out if plan.batched else out.squeeze(0)
 
 
 def sliding_window_view(
@@ -579,12 +570,7 @@ def sliding_window_view(
     >>> sliding_window_view(torch.arange(5.).view(1, 1, 5), 2).shape
     torch.Size([1, 1, 4, 2])
     """
-    sizes = {"kernel_size": kernel_size, "dilation": dilation, "stride": stride}
-    x, n, batched = _args.spatial_input(input, sizes)
-    kernel = _args.ntuple(kernel_size, n, "kernel_size")
-    dil = _args.ntuple(dilation, n, "dilation")
-    st = _args.ntuple(stride, n, "stride")
-    zero: Pads = ((0, 0),) * n
-    _args.output_size(tuple(x.shape[2:]), kernel, dil, zero, st)
-    view = _window_view(x, (kernel, dil, zero, st, False))
-    return view if batched else view.squeeze(0)
+    x = _args.check_tensor(input)
+    plan = _plan.window_plan(x.shape, kernel_size, dilation, stride)
+    view = _window_view(x if plan.batched else x.unsqueeze(0), plan.geometry)
+    return view if plan.batched else view.squeeze(0)
