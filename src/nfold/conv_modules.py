@@ -16,6 +16,7 @@ default of the drop-in subclasses, which exist to run it).
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -280,6 +281,15 @@ class _Method:
         method = _args.choice(method, "method", _METHODS)
         super().__init__(*args, **kwargs)
         self.method = method
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # the torch class's signature plus ``method``, for help() and docs/api.md
+        super().__init_subclass__(**kwargs)
+        torch_base = next((b for b in cls.__mro__ if b.__module__ == "torch.nn.modules.conv"), None)
+        if torch_base is not None:
+            sig = inspect.signature(torch_base)
+            extra = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default="gemm")
+            cls.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])  # type: ignore[attr-defined]
 
 
 class _TorchConv(_Method):
