@@ -1,7 +1,7 @@
 """Run the whole nfold benchmark suite and write benchmarks/results.{md,png,json}.
 
     python benchmarks/run.py            # full suite (run it on a quiet machine)
-    python benchmarks/run.py --quick    # the reduced suite, about a minute
+    python benchmarks/run.py --quick    # the reduced suite, about a minute on 2 idle cores
 
 Any ``nfold bench`` option may be added (``--filter conv``, ``--batch-size 16``, ...);
 ``--json``/``--plot``/``--markdown`` default to the files next to this script.

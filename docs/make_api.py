@@ -65,7 +65,9 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     (
         "unfoldNd compatibility",
         "Aliases with unfoldNd's names and (a superset of) its signatures, so that "
-        "`import nfold as unfoldNd` works. "
+        "`import nfold as unfoldNd` works. For libraries that `import unfoldNd` themselves "
+        "(BackPACK), `nfold.compat.install()` makes `unfoldNd` and its submodules resolve "
+        "to nfold in the running process (`nfold.compat.uninstall()` undoes it). "
         "See [migrating-from-unfoldnd.md](migrating-from-unfoldnd.md).",
         ["unfoldNd", "foldNd", "unfold_transposeNd", "UnfoldNd", "FoldNd", "UnfoldTransposeNd"],
     ),

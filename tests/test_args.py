@@ -258,9 +258,11 @@ def test_transpose_output_size_rejects_large_output_padding():
         _args.transpose_output_size((3,), (3,), (2,), (0,), (2,), (1,))
 
 
-def test_transpose_output_size_rejects_non_positive():
-    with pytest.raises(ValueError, match="not positive"):
+def test_transpose_output_size_rejects_negative_allows_zero():
+    with pytest.raises(ValueError, match="negative"):
         _args.transpose_output_size((1,), (1,), (1,), (1,), (0,), (1,))
+    # size 0: torch returns an empty tensor
+    assert _args.transpose_output_size((2,), (1,), (1,), (1,), (0,), (1,)) == (0,)
 
 
 @pytest.mark.parametrize("extra", [0, 1, 2])

@@ -545,7 +545,7 @@ def test_weight_matmul_reads_the_weight_in_place_bitwise(groups: int) -> None:
 )
 def test_patchify_and_pointwise_equal_reshape_matmul_and_torch(kernel, stride) -> None:
     """stride == kernel: the unfolded matrix is a permutation of the input (no tiles)."""
-    from nfold.bench import _patch_matmul
+    from nfold.bench.peers import _patch_matmul
 
     gen = torch.Generator().manual_seed(13)
     x = torch.randn(5, 3, 8, 6, generator=gen, dtype=F64)

@@ -80,7 +80,7 @@ BAD = [
         "fold_output_size_neg",
         lambda: nfold.fold(Y, (5, -5), 2),
         ValueError,
-        ("output_size", "(5, -5)", ">= 0"),
+        ("output_size", "(5, -5)", ">= 1"),
     ),
     Bad(
         "unfold_transpose_kernel_0",
@@ -328,7 +328,7 @@ BAD = [
         "unfold_transpose_output_not_positive",
         lambda: nfold.unfold_transpose(X_1x1, 1, padding=1),
         ValueError,
-        ("padding", "not positive", "(-1, -1)"),
+        ("padding", "negative", "(-1, -1)"),
     ),
     # ---- input -----------------------------------------------------------------------------
     Bad(
@@ -514,6 +514,6 @@ def test_bad_argument_does_not_touch_input():
 
 def test_fold_output_size_too_small_names_output_size() -> None:
     """Issue 11 §4: fold's output_size, not an 'input spatial size', is what is too small."""
-    with pytest.raises(ValueError, match=r"the output_size \(0, 5\)") as info:
-        nfold.fold(torch.randn(1, 9, 0), (0, 5), 3)
+    with pytest.raises(ValueError, match=r"the output_size \(2, 5\)") as info:
+        nfold.fold(torch.randn(1, 9, 3), (2, 5), 3)  # (an output_size of 0 is rejected first)
     assert "input" not in str(info.value)

@@ -25,8 +25,8 @@ CHECK_HELP = (
     "float64, forward and gradients: exact, round-off or MISMATCH per row"
 )
 BENCH_HELP = (
-    "time nfold (forward, forward+backward) and measure its peak memory against "
-    "torch.nn.functional.unfold/fold and unfoldNd; print a table, write a plot"
+    "time nfold (forward, forward+backward) against torch, unfoldNd and copy/GEMM "
+    "floors, and measure its peak memory; print ratio tables (a chart only with --plot)"
 )
 
 CHECK_EPILOG = f"""\
@@ -259,19 +259,10 @@ def _add_bench(sub: Any, wanted: bool) -> None:
     p = sub.add_parser("bench", help=BENCH_HELP, description=BENCH_HELP)
     if not wanted:  # nfold.bench (and what it imports) loads only when `bench` is asked for
         return
-    try:
-        from . import bench
-    except ModuleNotFoundError as exc:
-        if exc.name != "nfold.bench":
-            raise
-        p.set_defaults(func=lambda args: _no_bench())
-        return
+    from . import bench
+
     bench.add_arguments(p)
     p.set_defaults(func=bench.run)
-
-
-def _no_bench() -> int:
-    raise UsageError("nfold bench is not available in this installation (no nfold.bench module)")
 
 
 def build_parser(with_bench: bool = True) -> argparse.ArgumentParser:

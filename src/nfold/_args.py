@@ -220,9 +220,9 @@ def transpose_output_size(
             spatial, kernel_size, stride, padding, output_padding, dilation, strict=True
         )
     )
-    if any(o < 1 for o in out):
+    if any(o < 0 for o in out):  # 0 is allowed: torch returns an empty tensor
         raise ValueError(
-            f"transposed output size {out} is not positive for input spatial size "
+            f"transposed output size {out} is negative for input spatial size "
             f"{tuple(spatial)}, kernel_size={kernel_size}, stride={stride}, padding={padding}, "
             f"output_padding={output_padding}, dilation={dilation}"
         )
@@ -244,7 +244,7 @@ def output_padding_for(
     n = len(spatial)
     if _is_seq(output_size) and len(output_size) in (n + 1, n + 2):  # type: ignore[arg-type]
         output_size = tuple(output_size)[-n:]  # type: ignore[arg-type]
-    size = ntuple(output_size, n, "output_size", min_value=1)
+    size = ntuple(output_size, n, "output_size", min_value=0)  # 0: empty, as torch
     # The smallest size (output_padding 0) may be <= 0 while output_size is reachable
     # (torch accepts it), so it is computed here without transpose_output_size's check.
     smallest = tuple(

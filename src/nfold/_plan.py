@@ -227,6 +227,11 @@ def unfold_plan(
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     batch_shape = tuple(shape) if batched else (1, *shape)
     spatial = batch_shape[2:]
+    if batch_shape[1] == 0 or 0 in spatial:  # as torch's unfold, even with padding
+        raise ValueError(
+            f"input must have non-empty channel and spatial dims (only the batch may be "
+            f"empty), got shape {tuple(shape)}"
+        )
     if mode != "zeros":
         check_pad_mode(spatial, geom.padding, mode)
     blocks = geom.blocks(spatial)
@@ -258,7 +263,7 @@ def fold_plan(
     sizes = {"output_size": output_size, "kernel_size": kernel_size, "dilation": dilation,
              "padding": padding, "stride": stride}  # fmt: skip
     n = _args.infer_n(sizes, default=2)
-    spatial = _args.ntuple(output_size, n, "output_size", min_value=0)
+    spatial = _args.ntuple(output_size, n, "output_size", min_value=1)  # as torch's fold
     geom = geometry(n, kernel_size, dilation, padding, stride)
     mode = _args.choice(reduction, "reduction", _args.REDUCTIONS)
     if mode == "mean" and not (dtype.is_floating_point or dtype.is_complex):
@@ -270,6 +275,11 @@ def fold_plan(
         )
     batch_shape = tuple(shape) if len(shape) == 3 else (1, *shape)
     k_numel = math.prod(geom.kernel)
+    if batch_shape[1] == 0:  # as torch's fold
+        raise ValueError(
+            f"input's channel dim (C * prod(kernel_size)) must be non-empty, got shape "
+            f"{tuple(shape)}"
+        )
     if batch_shape[1] % k_numel:
         raise ValueError(
             f"input's channel dim ({batch_shape[1]}) must be divisible by prod(kernel_size) = "
@@ -291,12 +301,14 @@ def fold_plan(
 
 class UnfoldTransposePlan(NamedTuple):
     """``unfold_transpose``: zero-insert by ``stride``, pad by ``pads`` (negative values
-    crop; ``F.pad`` order), then a stride-1 im2col with the flipped kernel ``geometry``."""
+    crop; ``F.pad`` order), then a stride-1 im2col with the flipped kernel ``geometry``
+    into ``blocks`` per dim (the transposed conv's output size; may be 0, as torch)."""
 
     batched: bool
     stride: tuple[int, ...]
     pads: tuple[int, ...]
     geometry: Geometry
+    blocks: tuple[int, ...]
 
 
 @_memo
@@ -311,8 +323,11 @@ def unfold_transpose_plan(
     batch_shape = tuple(shape) if batched else (1, *shape)
     spatial = batch_shape[2:]
     outs = _args.transpose_output_size(spatial, *t)
-    if any(s == 0 for s in spatial):
-        raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(shape)}")
+    if batch_shape[1] == 0 or (batch_shape[0] and 0 in spatial):  # as torch's conv_transpose
+        raise ValueError(
+            f"input must have non-empty channel dims, and non-empty spatial dims unless the "
+            f"batch is empty, got shape {tuple(shape)}"
+        )
     kernel, st, pad_, out_pad, dil = t
     pairs = [
         (d * (k - 1) - p, d * (k - 1) - p + op)
@@ -327,7 +342,7 @@ def unfold_transpose_plan(
                       output=(b, c * math.prod(kernel), math.prod(outs)))  # fmt: skip
     flat = tuple(v for pair in reversed(pairs) for v in pair)
     geom = Geometry(kernel, dil, ((0, 0),) * n, (1,) * n, flip=True)
-    return UnfoldTransposePlan(batched, st, flat, geom)
+    return UnfoldTransposePlan(batched, st, flat, geom, outs)
 
 
 class Transposed(NamedTuple):

@@ -478,6 +478,8 @@ def conv(
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     method = _args.choice(method, "method", _METHODS)
     c_in, c_out = x.shape[1], w.shape[0]
+    if c_out == 0:  # as torch's conv
+        raise ValueError(f"weight must have C_out >= 1 (dim 0), got shape {tuple(w.shape)}")
     g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
     if c_in != w.shape[1] * g:
         raise ValueError(
@@ -486,6 +488,11 @@ def conv(
         )
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
+    if 0 in spatial and x.shape[0] and c_in:  # as torch's conv
+        raise ValueError(
+            f"input must have non-empty spatial dims unless the batch or the channels are "
+            f"empty, got shape {tuple(input.shape)}"
+        )
     if mode != "zeros":
         check_pad_mode(spatial, pads, mode)
     outs = _args.output_size(spatial, kernel, dil, pads, st)
@@ -591,8 +598,16 @@ def conv_transpose(
     c_out = w.shape[1] * g
     _check_bias(b, c_out)
     spatial = tuple(x.shape[2:])
-    if any(s == 0 for s in spatial):
-        raise ValueError(f"input must have non-empty spatial dims, got shape {tuple(input.shape)}")
+    if c_in == 0 or c_out == 0:  # as torch's conv_transpose
+        raise ValueError(
+            f"weight must have C_in >= 1 and C_out/groups >= 1 (dims 0 and 1), got shape "
+            f"{tuple(w.shape)}"
+        )
+    if x.shape[0] and 0 in spatial:  # as torch's conv_transpose
+        raise ValueError(
+            f"input must have non-empty spatial dims unless the batch is empty, got shape "
+            f"{tuple(input.shape)}"
+        )
     if output_size is not None:
         derived = _args.output_padding_for(spatial, output_size, kernel, st, pad_, dil)
         if any(out_pad) and out_pad != derived:
@@ -616,6 +631,10 @@ def conv_transpose(
         )
 
     _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
+    if x.shape[0] == 0 or 0 in outs:  # an empty result, as torch's, in the autograd graph
+        linked = x[:0].sum() + w[:0].sum() + (0 if b is None else b[:0].sum())
+        empty = x.new_zeros((x.shape[0], c_out, *outs)) + linked
+        return empty if batched else empty.squeeze(0)
     if method == "auto" and _native.native(x.device, x.dtype, n, transposed=True):
         out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit)
         return out if batched else out.squeeze(0)

@@ -44,27 +44,31 @@ _WIDER = {
 
 def _window_view(x: torch.Tensor, geom: Geometry, kernel_last: bool = True) -> torch.Tensor:
     """``(B, C, *P)`` (already padded) -> view ``(B, C, *L, *k)`` (or ``(B, C, *k, *L)``
-    if not ``kernel_last``), in whatever layout ``x`` has: one ``as_strided``. Dynamo
-    cannot trace ``storage_offset`` inside an autograd.Function, so compiled code takes
-    the same view as a chain of ``Tensor.unfold``."""
+    if not ``kernel_last``): a chain of ``Tensor.unfold``, differentiable for any input
+    (``as_strided``'s backward is wrong on inputs that overlap themselves, e.g. expanded)."""
     n = len(geom.kernel)
+    for i, (span, s) in enumerate(zip(geom.span, geom.stride, strict=True)):
+        x = x.unfold(2 + i, span, s)
+    if any(d > 1 for d in geom.dilation):
+        index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
+        x = x[index]
+    if kernel_last:
+        return x
+    return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
+
+
+def _blocks(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """:func:`_window_view` ``(B, C, *k, *L)`` for the core's forwards (no autograd there):
+    one ``as_strided``, in whatever layout ``x`` has. Dynamo cannot trace
+    ``storage_offset`` inside an autograd.Function, so compiled code takes the chain."""
     if torch.compiler.is_compiling():
-        for i, (span, s) in enumerate(zip(geom.span, geom.stride, strict=True)):
-            x = x.unfold(2 + i, span, s)
-        if any(d > 1 for d in geom.dilation):
-            index: tuple[Any, ...] = (..., *(slice(None, None, d) for d in geom.dilation))
-            x = x[index]
-        if kernel_last:
-            return x
-        return x.permute(0, 1, *range(2 + n, 2 + 2 * n), *range(2, 2 + n))
-    spatial, strides = x.shape[2:], x.stride()[2:]
-    blocks = geom.unpadded().blocks(spatial)
+        return _window_view(x, geom, kernel_last=False)
+    strides = x.stride()[2:]
+    blocks = geom.unpadded().blocks(x.shape[2:])
     grid = [s * t for s, t in zip(strides, geom.stride, strict=True)]
     offsets = [s * d for s, d in zip(strides, geom.dilation, strict=True)]
-    sizes, steps = ((*blocks, *geom.kernel), (*grid, *offsets))
-    if not kernel_last:
-        sizes, steps = ((*geom.kernel, *blocks), (*offsets, *grid))
-    return x.as_strided((*x.shape[:2], *sizes), (*x.stride()[:2], *steps), x.storage_offset())
+    size, stride = (*x.shape[:2], *geom.kernel, *blocks), (*x.stride()[:2], *offsets, *grid)
+    return x.as_strided(size, stride, x.storage_offset())
 
 
 def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
@@ -93,7 +97,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     outs = geom.blocks(tuple(x.shape[2:]))
     rows, length = channels * math.prod(kernel), math.prod(outs)
     if not (geom.padded or geom.flip or rows_first):  # one strided copy
-        blocks = _window_view(x, geom, kernel_last=False)
+        blocks = _blocks(x, geom)
         return blocks.clone(memory_format=torch.contiguous_format).view(batch, rows, length)
     if rows_first:
         shape = (channels, *kernel, batch, *outs)
@@ -103,7 +107,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     flat_pads = [p for pair in reversed(geom.padding) for p in pair]
     for chunk in _pad_chunks(x, geom.padding):
         part = F.pad(x[chunk], flat_pads) if any(flat_pads) else x[chunk]
-        blocks = _window_view(part, geom, kernel_last=False)  # (b, c, *k, *L)
+        blocks = _blocks(part, geom)  # (b, c, *k, *L)
         dst = cols[chunk]
         if geom.flip:  # torch has no negative strides: copy one kernel offset at a time
             for offset in itertools.product(*(range(k) for k in kernel)):
@@ -224,7 +228,7 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
     cols = y.reshape(batch, channels, *kernel, *blocks)
     if geom.disjoint:  # each element gets at most one term, 0 + x: one strided add
-        _window_view(out, geom, kernel_last=False).add_(cols)
+        _blocks(out, geom).add_(cols)
         return out if acc == y.dtype else out.to(y.dtype)
     plans = [
         _phase_plan(size, k, d, lo, s, nb, geom.flip)
@@ -546,6 +550,10 @@ def unfold_transpose(
         x.shape, x.dtype, x.device, kernel_size, stride, padding, output_padding, dilation
     )
     x = x if plan.batched else x.unsqueeze(0)
+    if x.shape[0] == 0 or 0 in plan.blocks:  # an empty result, as torch's, in the graph
+        rows = x.shape[1] * math.prod(plan.geometry.kernel)
+        out = x[:0].reshape(x.shape[0], rows, math.prod(plan.blocks)).clone()
+        return out if plan.batched else out.squeeze(0)
     # Zero-insert by the stride, pad by d (k-1) - p (+ output_padding on the high side;
     # negative values crop), then a stride-1 im2col with the kernel flipped.
     out = _unfold(F.pad(_dilate(x, plan.stride), plan.pads), plan.geometry)

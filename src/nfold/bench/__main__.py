@@ -1,0 +1,7 @@
+"""``python -m nfold.bench``: the same as ``nfold bench``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
