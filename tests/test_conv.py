@@ -579,7 +579,9 @@ def _intermediate_bytes(monkeypatch, transposed: bool, limit: int | None) -> lis
     with monkeypatch.context() as m:
         m.setattr(mod, "_unfold", unfold_spy)
         m.setattr(mod.torch, "matmul", matmul_spy)
-        (conv_transpose if transposed else conv)(x, w, b, max_workspace_bytes=limit, **kw)
+        (conv_transpose if transposed else conv)(
+            x, w, b, max_workspace_bytes=limit, method="gemm", **kw
+        )
     return seen
 
 

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import _args, _plan, _slabs
+from . import _args, _native, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
@@ -425,6 +425,8 @@ def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- conv
 
+_METHODS = ("auto", "gemm")
+
 
 def conv(
     input: torch.Tensor,
@@ -436,8 +438,10 @@ def conv(
     groups: int = 1,
     padding_mode: str = "zeros",
     max_workspace_bytes: int | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """N-d convolution (cross-correlation, as torch's) computed as unfold -> matmul -> reshape.
+    """N-d convolution (cross-correlation, as torch's): torch's native conv over the
+    trailing dims (``method="auto"``) or unfold -> matmul -> reshape (``"gemm"``).
 
     Same result as ``torch.nn.functional.conv{N}d`` for N <= 3, for any N >= 1.
 
@@ -454,6 +458,11 @@ def conv(
         max_workspace_bytes: if set, the unfolded matrix is built and consumed in slabs
             (over the batch, then over output positions) so that no intermediate is larger;
             equal to the unchunked result (bitwise for batch chunks, else to round-off).
+        method: "auto" (default): torch's own ``conv{N}d`` for N <= 3; for N > 3 the
+            leading N - 3 dims unfolded into channels (and their positions into the
+            batch) around one ``F.conv3d``; "gemm" where torch has no conv kernel for the
+            dtype on the device. "gemm": every dim unfolded, nfold's own matmul arithmetic
+            (deterministic, the same on every device).
 
     Returns:
         ``(B, C_out, *L)`` (or ``(C_out, *L)``),
@@ -470,6 +479,7 @@ def conv(
     dil = _args.ntuple(dilation, n, "dilation")
     pads = _args.padding_pairs(padding, n, kernel, dil, st)
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
+    method = _args.choice(method, "method", _METHODS)
     c_in, c_out = x.shape[1], w.shape[0]
     if c_out == 0:  # as torch's conv
         raise ValueError(f"weight must have C_out >= 1 (dim 0), got shape {tuple(w.shape)}")
@@ -502,6 +512,9 @@ def conv(
         )
 
     _args.check_conv_alloc(x, c_out, kernel, dil, pads, st, mode, chunked=limit is not None)
+    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=False):
+        out = _native.conv(x, w, b, st, dil, pads, mode, g, limit)
+        return out if batched else out.squeeze(0)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
@@ -533,8 +546,10 @@ def conv_transpose(
     dilation: IntOrTuple = 1,
     output_size: IntOrTuple | None = None,
     max_workspace_bytes: int | None = None,
+    method: str = "auto",
 ) -> torch.Tensor:
-    """N-d transposed convolution computed as (grouped) matmul -> fold.
+    """N-d transposed convolution: torch's native transposed conv over the trailing dims
+    then fold over the rest (``method="auto"``), or (grouped) matmul -> fold (``"gemm"``).
 
     Same result as ``torch.nn.functional.conv_transpose{N}d`` for N <= 3, for any N >= 1.
 
@@ -550,6 +565,10 @@ def conv_transpose(
         max_workspace_bytes: if set, work in output slabs (over the batch, then over
             output positions) so that no intermediate is larger; equal to the unchunked
             result (bitwise for batch chunks, else to round-off).
+        method: "auto" (default): torch's own ``conv_transpose{N}d`` for N <= 3; for
+            N > 3 one ``F.conv_transpose3d`` over the trailing dims, then ``fold`` over the
+            leading N - 3; "gemm" where torch has no kernel for the dtype on the device.
+            "gemm": matmul -> fold over every dim (nfold's own arithmetic).
 
     Returns:
         ``(B, C_out, *O)`` (or unbatched),
@@ -571,6 +590,7 @@ def conv_transpose(
     pad_ = _args.ntuple(padding, n, "padding", min_value=0)
     out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
     dil = _args.ntuple(dilation, n, "dilation")
+    method = _args.choice(method, "method", _METHODS)
     c_in = x.shape[1]
     if c_in != w.shape[0]:
         raise ValueError(
@@ -618,6 +638,9 @@ def conv_transpose(
         linked = x[:0].sum() + w[:0].sum() + (0 if b is None else b[:0].sum())
         empty = x.new_zeros((x.shape[0], c_out, *outs)) + linked
         return empty if batched else empty.squeeze(0)
+    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=True):
+        out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit)
+        return out if batched else out.squeeze(0)
 
     # ---- work starts here
     def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:

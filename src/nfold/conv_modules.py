@@ -8,11 +8,15 @@
   name (``isinstance(m, torch.nn.Conv2d)`` holds) whose forward runs through nfold.
 
 Every module has a ``max_workspace_bytes`` attribute (default None) passed on to the
-functional call; set it to bound the unfolded matrix.
+functional call; set it to bound the unfolded matrix. Every module has a ``method``
+attribute too: "auto" (torch's native conv over the trailing dims, the default of
+``ConvNd`` / ``ConvTransposeNd``) or "gemm" (nfold's own unfold -> matmul arithmetic, the
+default of the drop-in subclasses, which exist to run it).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -43,10 +47,14 @@ def _reset_parameters(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
             nn.init.uniform_(bias, -bound, bound)
 
 
+_METHODS = ("auto", "gemm")
+
+
 class _ConvBase(nn.Module):
     """Shared state of ConvNd / ConvTransposeNd, laid out like torch's ``_ConvNd``."""
 
     max_workspace_bytes: int | None = None
+    method: str = "auto"
 
     def __init__(
         self,
@@ -64,8 +72,10 @@ class _ConvBase(nn.Module):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
         ndim: int | None,
+        method: str = "auto",
     ) -> None:
         super().__init__()
+        self.method = _args.choice(method, "method", _METHODS)
         sizes = {
             "kernel_size": kernel_size,
             "stride": stride,
@@ -147,6 +157,8 @@ class _ConvBase(nn.Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += ", padding_mode={padding_mode}"
+        if self.method != "auto":
+            s += ", method={method}"
         return s.format(**self.__dict__)
 
 
@@ -161,6 +173,8 @@ class ConvNd(_ConvBase):
         padding: int, N-tuple, per-side pairs, "same" or "valid".
         groups, bias, padding_mode, device, dtype: as ``torch.nn.Conv2d``.
         ndim: N, needed only when every size argument is an int.
+        method: "auto" (torch's native conv over the trailing dims) or "gemm"
+            (unfold -> matmul), as :func:`nfold.conv`.
 
     Shapes: ``(B, C_in, *S) -> (B, C_out, *L)``; weight ``(C_out, C_in/groups, *k)``.
 
@@ -183,16 +197,17 @@ class ConvNd(_ConvBase):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         ndim: int | None = None,
+        method: str = "auto",
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, False, 0,
-            groups, bias, padding_mode, device, dtype, ndim,
+            groups, bias, padding_mode, device, dtype, ndim, method,
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return conv(
             input, self.weight, self.bias, self.stride, self.padding, self.dilation,  # type: ignore[arg-type]
-            self.groups, self.padding_mode, self.max_workspace_bytes,
+            self.groups, self.padding_mode, self.max_workspace_bytes, self.method,
         )  # fmt: skip
 
 
@@ -205,6 +220,7 @@ class ConvTransposeNd(_ConvBase):
         kernel_size, stride, padding, output_padding, dilation: int or N-tuple.
         groups, bias, padding_mode ("zeros" only), device, dtype: as torch's.
         ndim: N, needed only when every size argument is an int.
+        method: "auto" or "gemm", as :func:`nfold.conv_transpose`.
 
     Shapes: ``(B, C_in, *S) -> (B, C_out, *O)``; weight ``(C_in, C_out/groups, *k)``.
     ``forward(input, output_size=None)``: ``output_size`` picks the output padding, as torch's.
@@ -229,10 +245,11 @@ class ConvTransposeNd(_ConvBase):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         ndim: int | None = None,
+        method: str = "auto",
     ) -> None:
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, True,
-            output_padding, groups, bias, padding_mode, device, dtype, ndim,
+            output_padding, groups, bias, padding_mode, device, dtype, ndim, method,
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor, output_size: IntOrTuple | None = None) -> torch.Tensor:
@@ -250,28 +267,45 @@ def _transpose_forward(
     output_padding = m.output_padding if output_size is None else 0
     return conv_transpose(
         input, m.weight, m.bias, m.stride, m.padding, output_padding, m.groups,  # type: ignore[arg-type]
-        m.dilation, output_size, m.max_workspace_bytes,  # type: ignore[arg-type]
+        m.dilation, output_size, m.max_workspace_bytes, m.method,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
-class _TorchConv:
-    """Mixin for the torch conv subclasses: ``_conv_forward`` through :func:`nfold.conv`."""
+class _Method:
+    """``method`` of the drop-in subclasses: "gemm" unless given (``Conv2d(..., method=)``)."""
 
     max_workspace_bytes: int | None = None
+    method: str = "gemm"
+
+    def __init__(self, *args: object, method: str = "gemm", **kwargs: object) -> None:
+        method = _args.choice(method, "method", _METHODS)
+        super().__init__(*args, **kwargs)
+        self.method = method
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # the torch class's signature plus ``method``, for help() and docs/api.md
+        super().__init_subclass__(**kwargs)
+        torch_base = next((b for b in cls.__mro__ if b.__module__ == "torch.nn.modules.conv"), None)
+        if torch_base is not None:
+            sig = inspect.signature(torch_base)
+            extra = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default="gemm")
+            cls.__signature__ = sig.replace(parameters=[*sig.parameters.values(), extra])  # type: ignore[attr-defined]
+
+
+class _TorchConv(_Method):
+    """Mixin for the torch conv subclasses: ``_conv_forward`` through :func:`nfold.conv`."""
 
     def _conv_forward(
         self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     ) -> torch.Tensor:
         return conv(
             input, weight, bias, self.stride, self.padding, self.dilation, self.groups,  # type: ignore[attr-defined]
-            self.padding_mode, self.max_workspace_bytes,  # type: ignore[attr-defined]
+            self.padding_mode, self.max_workspace_bytes, self.method,  # type: ignore[attr-defined]
         )  # fmt: skip
 
 
-class _TorchConvTranspose:
+class _TorchConvTranspose(_Method):
     """Mixin for the torch transposed-conv subclasses: forward through ``conv_transpose``."""
-
-    max_workspace_bytes: int | None = None
 
     def forward(self, input: torch.Tensor, output_size: IntOrTuple | None = None) -> torch.Tensor:
         return _transpose_forward(self, input, output_size)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import itertools
 
 from torch import nn
 
+from . import _args
 from .conv_modules import (
     Conv1d,
     Conv2d,
@@ -51,7 +52,7 @@ def _twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return new
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn.Module:
     """Replace every ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d`` by its nfold twin.
 
     Replaced: those six torch classes, and their subclasses that override none of
@@ -68,6 +69,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
             and converted, ``model`` keeps its classes, and both share their
             Parameters and buffers (training either trains both, as with
             ``inplace=True``).
+        method: the twins' ``method``: "gemm" (nfold's own unfold -> matmul arithmetic)
+            or "auto" (torch's native conv), as :func:`nfold.conv`.
 
     Returns:
         The converted model (``model`` itself when ``inplace`` and it is not a conv).
@@ -78,6 +81,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    method = _args.choice(method, "method", ("auto", "gemm"))
     if not inplace:  # new modules, the same Parameters and buffers
         state = itertools.chain(model.parameters(), model.buffers())
         model = copy.deepcopy(model, {id(t): t for t in state})
@@ -87,6 +91,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         cls = twin_class(module)
         if cls is not None and id(module) not in memo:
             memo[id(module)] = _twin(module, cls)
+            memo[id(module)].method = method  # type: ignore[assignment]
         return memo.get(id(module), module)
 
     for parent in list(model.modules()):
