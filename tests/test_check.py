@@ -224,7 +224,9 @@ def test_reference_conv_transpose_is_the_adjoint_of_conv_for_n4() -> None:
 
 def test_settings_cover_every_op_n_and_padding_form() -> None:
     s = check.SETTINGS
-    assert {(x.op, x.n) for x in s} == set(itertools.product(check.OPS, (1, 2, 3, 4)))
+    assert {(x.op, x.n) for x in s} >= set(itertools.product(check.OPS, (1, 2, 3, 4)))
+    auto = {(x.op, x.n) for x in s if x.method == "auto"}
+    assert auto == set(itertools.product(("conv", "conv_transpose"), (4, 5)))
     conv = [x for x in s if x.op == "conv"]
     for n in (1, 2, 3, 4):
         modes = {x.kwargs.get("padding_mode", "zeros") for x in conv if x.n == n}
@@ -241,6 +243,8 @@ def test_settings_cover_every_op_n_and_padding_form() -> None:
 
 
 def _expected_reference(x: check.Setting) -> str:
+    if x.method == "auto":
+        return "nfold-gemm"
     if x.op in ("conv", "conv_transpose") and x.n <= 3:
         return f"F.{x.op}{x.n}d"
     if x.op == "unfold" and x.n == 2:
@@ -526,14 +530,17 @@ def test_readme_and_help_state_the_rule_that_verdict_applies() -> None:
 # ----------------------------------------------------------------------------- method
 
 
-def test_a_settings_method_goes_to_nfold_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # how the "auto vs gemm" rows are added: `_conv(..., method=m)` in _builtin_settings
+def test_conv_rows_run_gemm_and_auto_rows_run_against_gemm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Built-in conv rows run nfold's own arithmetic ("gemm") against torch or the naive
+    reference; "auto" rows (issue 13) run the auto engine against "gemm"."""
     seen = []
     real = nfold.conv
 
     def conv(x, w, b=None, *, method="auto", **kw):  # type: ignore[no-untyped-def]
         seen.append(method)
-        return real(x, w, b, **kw)
+        return real(x, w, b, method=method, **kw)
 
     monkeypatch.setattr(nfold, "conv", conv)
     settings = [
@@ -543,13 +550,20 @@ def test_a_settings_method_goes_to_nfold_only(monkeypatch: pytest.MonkeyPatch) -
     ]
     assert [s.id for s in settings] == [
         "conv2d-k2x2-auto",
-        "conv2d-k2x2-gemm",
+        "conv2d-k2x2",
         "conv5d-k2x2x2x2x2-auto",
-        "conv5d-k2x2x2x2x2-gemm",
+        "conv5d-k2x2x2x2x2",
     ]
     report = check.check_builtin(settings=settings)
-    assert report.ok and {r.reference for r in report.rows} == {"F.conv2d", "naive"}
-    assert set(seen) == {"auto", "gemm"} and len(seen) == 4 * 2  # two precisions each
+    refs = {r.setting: r.reference for r in report.rows}
+    assert report.ok and refs == {
+        "conv2d-k2x2-auto": "nfold-gemm",
+        "conv2d-k2x2": "F.conv2d",
+        "conv5d-k2x2x2x2x2-auto": "nfold-gemm",
+        "conv5d-k2x2x2x2x2": "naive",
+    }
+    # auto rows call auto (nfold) and gemm (reference); gemm rows call gemm only
+    assert seen.count("auto") == 2 * 2 and set(seen) == {"auto", "gemm"}
 
 
 # ----------------------------------------------------------------------------- compare

@@ -133,9 +133,13 @@ def test_flipped_transposed_weight_fails_all_but_grad_bias(
         nfold, "conv_transpose", lambda x, w, b=None, **kw: real(x, w.flip(-1), b, **kw)
     )
     code, out, _ = _run(capsys, "check", "--only", "conv_transpose")
-    affected = _settings(lambda s: s.op == "conv_transpose" and s.shapes[1][-1] > 1)
+    # (auto rows run against nfold's own gemm path, flipped alike: they stay equal)
+    affected = _settings(
+        lambda s: s.op == "conv_transpose" and s.shapes[1][-1] > 1 and s.method != "auto"
+    )
     expected = {(s.id, q) for s in affected for q in ("forward", "grad_input", "grad_weight")}
-    assert code == 1 and len(affected) == len(_settings(lambda s: s.op == "conv_transpose"))
+    gemm_rows = _settings(lambda s: s.op == "conv_transpose" and s.method != "auto")
+    assert code == 1 and len(affected) == len(gemm_rows)
     assert _mismatch_rows(out) == expected
     assert all(
         "round-off" in line or "exact" in line for line in out.splitlines() if " grad_bias " in line

@@ -328,11 +328,13 @@ def check_alloc(
 
 
 def check_conv_alloc(
-    x: torch.Tensor, c_out: int, kernel: tuple[int, ...], dilation: tuple[int, ...], pads: Pads,
-    stride: tuple[int, ...], padding_mode: str, chunked: bool,
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, c_out: int,
+    kernel: tuple[int, ...], dilation: tuple[int, ...], pads: Pads, stride: tuple[int, ...],
+    padding_mode: str, chunked: bool,
 ) -> None:  # fmt: skip
-    """``conv``'s padded input, unfolded matrix (unless chunked) and output fit."""
-    spatial, (b, c) = tuple(x.shape[2:]), x.shape[:2]
+    """``conv``'s padded input, unfolded matrix (unless chunked) and output fit, for a
+    batched input of ``shape``."""
+    spatial, (b, c) = tuple(shape[2:]), shape[:2]
     outs = output_size(spatial, kernel, dilation, pads, stride)
     padded = padded_size(spatial, pads)
     shapes = {"output": (b, c_out, *outs)}
@@ -340,9 +342,9 @@ def check_conv_alloc(
         shapes["padded_input"] = (b, c, *padded)
     if not chunked:
         shapes["unfolded_input"] = (b, c * math.prod(kernel), math.prod(outs))
-    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "dilation": dilation,
+    args = {"input.shape": tuple(shape), "kernel_size": kernel, "dilation": dilation,
             "padding": pads, "stride": stride}  # fmt: skip
-    check_alloc(x.dtype, x.device, "conv", args, **shapes)
+    check_alloc(dtype, device, "conv", args, **shapes)
 
 
 def check_conv_transpose_alloc(

@@ -4,6 +4,7 @@ in the low precision and in float64."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -111,6 +112,9 @@ def reference_op(setting: Setting) -> tuple[Callable[..., torch.Tensor], str]:
     N = 2; fold's per-side pairs excepted), else the naive reference of
     :mod:`nfold._reference`. Returns the op and its name for the table."""
     op, n, kw = setting.op, setting.n, dict(setting.kwargs)
+    if setting.method == "auto":
+        gemm = _nfold_op(dataclasses.replace(setting, method="gemm"))
+        return gemm, "nfold-gemm"
     if op == "conv" and n <= 3:
         return _torch_conv(setting), f"F.conv{n}d"
     if op == "conv_transpose" and n <= 3:

@@ -39,8 +39,9 @@ OPS = ("unfold", "fold", "unfold_transpose", "conv", "conv_transpose")
 class Setting:
     """One built-in case: an op, its input (and weight) shapes and keyword arguments.
 
-    ``kwargs`` go to nfold's op and to the reference; ``method`` (e.g. ``"gemm"``), when
-    set, only to nfold's op: the reference is the same for every method.
+    ``kwargs`` go to nfold's op and to the reference; ``method``, when set, only to
+    nfold's op. Built-in conv rows run ``"gemm"`` (nfold's own arithmetic) against torch
+    or the naive reference; ``"auto"`` rows (N = 4, 5) run against ``"gemm"``.
     """
 
     id: str
@@ -136,7 +137,7 @@ def _conv(
     bias: bool = True,
     unbatched: bool = False,
     transposed: bool = False,
-    method: str | None = None,
+    method: str = "gemm",
     **kw: Any,
 ) -> Setting:
     n = len(kernel_size)
@@ -153,7 +154,7 @@ def _conv(
             ("dw", groups == c_in and groups > 1),
             ("nobias", not bias),
             ("unbatched", unbatched),
-            (str(method), method is not None),
+            (method, method != "gemm"),
         )
         if on
     )
@@ -282,6 +283,14 @@ def _builtin_settings() -> tuple[Setting, ...]:
         ]
         if n <= 2:
             s += [_conv_t((2, 2, *sp), 3, k2, stride=2, unbatched=True)]
+    # the auto engine (native conv3d over the trailing dims) against nfold's gemm path
+    for n in (4, 5):
+        sp, k2 = (4,) * (n - 1) + (5,), (2,) * n
+        s += [
+            _conv((2, 4, *sp), 6, k2, padding=1, groups=2, method="auto"),
+            _conv((2, 4, *sp), 4, k2, stride=2, dilation=(2,) + (1,) * (n - 1), method="auto"),
+            _conv_t((2, 4, *sp), 6, k2, stride=2, padding=1, groups=2, method="auto"),
+        ]
     ids = [x.id for x in s]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})

@@ -152,7 +152,7 @@ def _key(value: object) -> object:
 _CACHE_SIZE = 4096
 
 
-def _memo(fn: Callable[..., _R]) -> Callable[..., _R]:
+def memo(fn: Callable[..., _R]) -> Callable[..., _R]:
     """Cache ``fn`` per distinct arguments (see :func:`_key`). Errors are not cached,
     unhashable arguments skip the cache (``fn`` then raises the argument error), and
     compiled code traces ``fn`` itself (its shapes may be symbolic)."""
@@ -222,7 +222,7 @@ class UnfoldPlan(NamedTuple):
     blocks: tuple[int, ...]
 
 
-@_memo
+@memo
 def unfold_plan(
     shape: torch.Size, dtype: torch.dtype, device: torch.device, kernel_size: object,
     dilation: object, padding: object, stride: object, padding_mode: object,
@@ -261,7 +261,7 @@ class FoldPlan(NamedTuple):
     reduction: str
 
 
-@_memo
+@memo
 def fold_plan(
     shape: torch.Size, dtype: torch.dtype, device: torch.device, output_size: object,
     kernel_size: object, dilation: object, padding: object, stride: object, reduction: object,
@@ -319,7 +319,7 @@ class UnfoldTransposePlan(NamedTuple):
     blocks: tuple[int, ...]
 
 
-@_memo
+@memo
 def unfold_transpose_plan(
     shape: torch.Size, dtype: torch.dtype, device: torch.device, kernel_size: object,
     stride: object, padding: object, output_padding: object, dilation: object,
@@ -381,7 +381,7 @@ class WindowPlan(NamedTuple):
     geometry: Geometry
 
 
-@_memo
+@memo
 def window_plan(
     shape: torch.Size, kernel_size: object, dilation: object, stride: object
 ) -> WindowPlan:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _args, _native, _plan, _slabs
-from ._args import IntOrTuple, PaddingArg
+from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
 from .patches import Variants, _fold, _owning, _unfold, pad
@@ -40,10 +40,10 @@ from .patches import Variants, _fold, _owning, _unfold, pad
 # --------------------------------------------------------------------------- validation
 
 
-def _check_operands(
-    input: object, weight: object, bias: object, sizes: dict[str, object], fn: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int, bool]:
-    """Types, dtypes and ranks of ``input``, ``weight``, ``bias``; returns batched input, N."""
+def _operands(
+    input: object, weight: object, bias: object, fn: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Types and dtypes of ``input``, ``weight``, ``bias``, cast as autocast casts them."""
     x = _args.check_tensor(input, "input")
     w = _args.check_tensor(weight, "weight")
     b = None if bias is None else _args.check_tensor(bias, "bias")
@@ -61,37 +61,43 @@ def _check_operands(
     for name, t in (("weight", w), ("bias", b)):
         if t is not None and t.dtype != x.dtype:
             raise TypeError(f"{name} dtype {t.dtype} must match input dtype {x.dtype}")
+    return x, w, b
+
+
+def _ranks(
+    x_shape: Sequence[int], w_shape: Sequence[int], sizes: dict[str, object], fn: str
+) -> tuple[int, bool]:
+    """N from the weight and the size arguments, and whether the input is batched."""
     layout = (
         "(C_out, C_in/groups, *kernel_size)"
         if fn == "conv"
         else "(C_in, C_out/groups, *kernel_size)"
     )
-    if w.dim() < 3:
+    if len(w_shape) < 3:
         raise ValueError(
             f"weight must have shape {layout} with at least 1 spatial dim, "
-            f"got shape {tuple(w.shape)}"
+            f"got shape {tuple(w_shape)}"
         )
-    n = _args.infer_n(sizes, default=w.dim() - 2)
-    if w.dim() != n + 2:
+    n = _args.infer_n(sizes, default=len(w_shape) - 2)
+    if len(w_shape) != n + 2:
         given = ", ".join(f"{k}={v!r}" for k, v in sizes.items() if _args.tuple_len(v, k))
         raise ValueError(
             f"weight must have {n + 2} dims {layout} for the {n} spatial dims that {given} "
-            f"give, got shape {tuple(w.shape)}"
+            f"give, got shape {tuple(w_shape)}"
         )
-    _args.ntuple(tuple(w.shape[2:]), n, "weight.shape[2:] (kernel_size)")
-    x, n, batched = _args.spatial_input(x, {**sizes, "weight.shape[2:]": tuple(w.shape[2:])})
-    return x, w, b, n, batched
+    _args.ntuple(tuple(w_shape[2:]), n, "weight.shape[2:] (kernel_size)")
+    return _args.input_n(x_shape, {**sizes, "weight.shape[2:]": tuple(w_shape[2:])})
 
 
 def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
 
 
-def _check_bias(bias: torch.Tensor | None, c_out: int) -> None:
-    if bias is not None and tuple(bias.shape) != (c_out,):
+def _check_bias(bias: Sequence[int] | None, c_out: int) -> None:
+    if bias is not None and tuple(bias) != (c_out,):
         raise ValueError(
             f"bias must have shape ({c_out},) (one value per output channel), "
-            f"got shape {tuple(bias.shape)}"
+            f"got shape {tuple(bias)}"
         )
 
 
@@ -428,6 +434,81 @@ def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
 _METHODS = ("auto", "gemm")
 
 
+class _ConvPlan(NamedTuple):
+    """One ``conv`` call's validated arguments (see :func:`_conv_plan`)."""
+
+    batched: bool
+    n: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: Pads
+    mode: str
+    groups: int
+    outs: tuple[int, ...]
+    limit: int | None
+    one_position: int
+    layout: _ConvSlabs
+    native: bool
+
+
+@_plan.memo
+def _conv_plan(
+    x_shape: torch.Size, dtype: torch.dtype, device: torch.device, w_shape: torch.Size,
+    b_shape: torch.Size | None, stride: object, padding: object, dilation: object,
+    groups: object, padding_mode: object, max_workspace_bytes: object, method: object,
+) -> _ConvPlan:  # fmt: skip
+    """Every argument check of ``conv`` that does not need tensor values, once per
+    distinct call signature."""
+    sizes: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
+    n, batched = _ranks(x_shape, w_shape, sizes, "conv")
+    x_batched = tuple(x_shape) if batched else (1, *x_shape)
+    kernel = tuple(w_shape[2:])
+    st = _args.ntuple(stride, n, "stride")
+    dil = _args.ntuple(dilation, n, "dilation")
+    pads = _args.padding_pairs(padding, n, kernel, dil, st)
+    mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
+    method = _args.choice(method, "method", _METHODS)
+    c_in, c_out = x_batched[1], w_shape[0]
+    if c_out == 0:  # as torch's conv
+        raise ValueError(f"weight must have C_out >= 1 (dim 0), got shape {tuple(w_shape)}")
+    g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
+    if c_in != w_shape[1] * g:
+        raise ValueError(
+            f"input has {c_in} channels but weight of shape {tuple(w_shape)} with groups={g} "
+            f"expects weight.shape[1] * groups = {w_shape[1] * g}"
+        )
+    _check_bias(b_shape, c_out)
+    spatial = tuple(x_batched[2:])
+    if 0 in spatial and x_batched[0] and c_in:  # as torch's conv
+        raise ValueError(
+            f"input must have non-empty spatial dims unless the batch or the channels are "
+            f"empty, got shape {tuple(x_shape)}"
+        )
+    if mode != "zeros":
+        check_pad_mode(spatial, pads, mode)
+    outs = _args.output_size(spatial, kernel, dil, pads, st)
+    limit = _args.workspace(max_workspace_bytes)
+    k_numel, item = math.prod(kernel), dtype.itemsize
+    layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, math.prod(w_shape))
+    has_pad = _args.has_padding(pads) or mode != "zeros"
+    one = layout.cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+    if limit is not None and one > limit:
+        raise ValueError(
+            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+            f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
+            f"{item} bytes)"
+        )
+
+    _args.check_conv_alloc(
+        x_batched, dtype, device, c_out, kernel, dil, pads, st, mode, chunked=limit is not None
+    )
+    # C_in = 0: torch's eager conv returns 0 channels, against its own shape rule
+    # (pytorch/pytorch#101356); the gemm path gives (B, C_out, *L), zeros plus the bias
+    native = method == "auto" and c_in > 0 and _native.native(device, dtype, n, transposed=False)
+    return _ConvPlan(batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native)
+
+
 def conv(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -472,49 +553,25 @@ def conv(
     >>> conv(x, w, stride=2, padding=1, groups=2).shape
     torch.Size([2, 6, 3, 3, 4])
     """
-    sizes: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
-    x, w, b, n, batched = _check_operands(input, weight, bias, sizes, "conv")
-    kernel = tuple(w.shape[2:])
-    st = _args.ntuple(stride, n, "stride")
-    dil = _args.ntuple(dilation, n, "dilation")
-    pads = _args.padding_pairs(padding, n, kernel, dil, st)
-    mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
-    method = _args.choice(method, "method", _METHODS)
-    c_in, c_out = x.shape[1], w.shape[0]
-    if c_out == 0:  # as torch's conv
-        raise ValueError(f"weight must have C_out >= 1 (dim 0), got shape {tuple(w.shape)}")
-    g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
-    if c_in != w.shape[1] * g:
-        raise ValueError(
-            f"input has {c_in} channels but weight of shape {tuple(w.shape)} with groups={g} "
-            f"expects weight.shape[1] * groups = {w.shape[1] * g}"
-        )
-    _check_bias(b, c_out)
-    spatial = tuple(x.shape[2:])
-    if 0 in spatial and x.shape[0] and c_in:  # as torch's conv
-        raise ValueError(
-            f"input must have non-empty spatial dims unless the batch or the channels are "
-            f"empty, got shape {tuple(input.shape)}"
-        )
-    if mode != "zeros":
-        check_pad_mode(spatial, pads, mode)
-    outs = _args.output_size(spatial, kernel, dil, pads, st)
-    limit = _args.workspace(max_workspace_bytes)
-    k_numel, item = math.prod(kernel), x.element_size()
-    layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
-    has_pad = _args.has_padding(pads) or mode != "zeros"
-    one = layout.cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
-    if limit is not None and one > limit:
-        raise ValueError(
-            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
-            f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
-            f"{item} bytes)"
-        )
-
-    _args.check_conv_alloc(x, c_out, kernel, dil, pads, st, mode, chunked=limit is not None)
-    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=False):
+    x, w, b = _operands(input, weight, bias, "conv")
+    b_shape = None if b is None else b.shape
+    p = _conv_plan(x.shape, x.dtype, x.device, w.shape, b_shape, stride, padding, dilation,
+                   groups, padding_mode, max_workspace_bytes, method)  # fmt: skip
+    x = x if p.batched else x.unsqueeze(0)
+    n, kernel, st, dil, pads, mode, g, outs, limit = (
+        p.n,
+        p.kernel,
+        p.stride,
+        p.dilation,
+        p.padding,
+        p.mode,
+        p.groups,
+        p.outs,
+        p.limit,
+    )
+    if p.native:
         out = _native.conv(x, w, b, st, dil, pads, mode, g, limit)
-        return out if batched else out.squeeze(0)
+        return out if p.batched else out.squeeze(0)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
@@ -526,10 +583,10 @@ def conv(
     if limit is None and not _expands(kernel, x.shape[2:], math.prod(outs)):
         out = biased(x, pads, outs)
     else:
-        budget = _workspace(limit, one, x.device)
-        slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, budget, layout)
+        budget = _workspace(limit, p.one_position, x.device)
+        slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, budget, p.layout)
         out = _slabs.run(x, slabs, pads, outs, biased)
-    return out if batched else out.squeeze(0)
+    return out if p.batched else out.squeeze(0)
 
 
 # --------------------------------------------------------------------------- conv_transpose
@@ -584,7 +641,9 @@ def conv_transpose(
         "output_padding": output_padding,
         "dilation": dilation,
     }
-    x, w, b, n, batched = _check_operands(input, weight, bias, sizes, "conv_transpose")
+    x, w, b = _operands(input, weight, bias, "conv_transpose")
+    n, batched = _ranks(x.shape, w.shape, sizes, "conv_transpose")
+    x = x if batched else x.unsqueeze(0)
     kernel = tuple(w.shape[2:])
     st = _args.ntuple(stride, n, "stride")
     pad_ = _args.ntuple(padding, n, "padding", min_value=0)
@@ -599,7 +658,7 @@ def conv_transpose(
         )
     g = _args.groups(groups, **{"input channels (C_in)": c_in})
     c_out = w.shape[1] * g
-    _check_bias(b, c_out)
+    _check_bias(None if b is None else b.shape, c_out)
     spatial = tuple(x.shape[2:])
     if c_in == 0 or c_out == 0:  # as torch's conv_transpose
         raise ValueError(
