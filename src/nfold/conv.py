@@ -449,7 +449,7 @@ class _ConvPlan(NamedTuple):
     limit: int | None
     one_position: int
     layout: _ConvSlabs
-    native: bool
+    auto: bool  # method "auto" (native where torch has a kernel, see _native.native)
 
 
 @_plan.memo
@@ -505,8 +505,8 @@ def _conv_plan(
     )
     # C_in = 0: torch's eager conv returns 0 channels, against its own shape rule
     # (pytorch/pytorch#101356); the gemm path gives (B, C_out, *L), zeros plus the bias
-    native = method == "auto" and c_in > 0 and _native.native(device, dtype, n, transposed=False)
-    return _ConvPlan(batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native)
+    auto = method == "auto" and c_in > 0
+    return _ConvPlan(batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, auto)
 
 
 def conv(
@@ -569,7 +569,7 @@ def conv(
         p.outs,
         p.limit,
     )
-    if p.native:
+    if p.auto and _native.native(x.device, x.dtype, n, transposed=False):
         out = _native.conv(x, w, b, st, dil, pads, mode, g, limit)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
