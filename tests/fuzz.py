@@ -696,6 +696,8 @@ def case_conv(rnd, gen, n, counts):
     if mode != "zeros":  # a padded copy of an input element adds its own terms to grad_input
         k_grad *= math.prod(1 + lo + hi for lo, hi in pads)
 
+    kwargs["method"] = rnd.choice(["gemm", "gemm", "auto"])  # nfold's own path, or torch's
+
     def reference(x, w, b):
         return ref_conv(x, w, b, stride, pads, dilation, groups, mode)
 
@@ -727,6 +729,8 @@ def case_conv_transpose(rnd, gen, n, counts):
         kwargs["output_padding"] = _spell(rnd, out_pad, False)
     k_fwd = c_in // groups * math.prod(kernel) + 1
     k_grad = max(k_fwd, c_out // groups * math.prod(kernel), batch * math.prod(out_sizes))
+
+    kwargs["method"] = rnd.choice(["gemm", "gemm", "auto"])
 
     def reference(x, w, b):
         return ref_conv_transpose(x, w, b, stride, padding, out_pad, dilation, groups)
