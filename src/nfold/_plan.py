@@ -142,11 +142,12 @@ _R = TypeVar("_R")
 def _key(value: object) -> object:
     """Cache key of one argument: sequences as tuples, and other values with their type,
     so that ``2.0`` or ``True`` never hit the plan cached for ``2`` or ``1``."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_key(v) for v in value)
-    if type(value) in (int, str):
+    kind = type(value)
+    if kind is int or kind is str:
         return value
-    return (type(value), value)
+    if kind is tuple or kind is list:
+        return tuple([v if type(v) is int else _key(v) for v in value])  # type: ignore[attr-defined]
+    return (kind, value)
 
 
 _CACHE_SIZE = 4096
@@ -162,7 +163,7 @@ def memo(fn: Callable[..., _R]) -> Callable[..., _R]:
     def plan(*args: Any) -> _R:
         if torch.compiler.is_compiling():
             return fn(*args)
-        key = tuple(_key(a) for a in args)
+        key = tuple([_key(a) for a in args])
         try:
             return cache[key]
         except KeyError:
