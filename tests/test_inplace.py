@@ -9,6 +9,7 @@ not, eager, under ``torch.compile`` and under ``torch.func``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -51,26 +52,33 @@ def _cases() -> dict[str, Case]:
         )
         w = _randn(6, 2, *k)
         b = _randn(6)
-        for bias in (False, True):
-            tag = "bias" if bias else "nobias"
+        for bias, method in itertools.product((False, True), ("gemm", "auto")):
+            tag = ("bias" if bias else "nobias") + ("_auto" if method == "auto" else "")
             args = (x, w, b) if bias else (x, w)
             cases[f"conv_{n}d_{tag}"] = (
-                lambda x, w, b=None: nfold.conv(x, w, b, padding=1, groups=2),
+                lambda x, w, b=None, m=method: nfold.conv(x, w, b, padding=1, groups=2, method=m),
                 args,
             )
-            if n <= 2:  # slabs over batch and positions (tiny ones are slow in 4-d)
+            if n <= 2:  # slabs over batch and positions (2 KB slabs are slow in 3-d and 4-d)
                 cases[f"conv_{n}d_{tag}_chunked"] = (
-                    lambda x, w, b=None: nfold.conv(x, w, b, padding=1, max_workspace_bytes=2048),
+                    lambda x, w, b=None, m=method: nfold.conv(
+                        x, w, b, padding=1, max_workspace_bytes=2048, method=m
+                    ),
                     (x, _randn(6, 4, *k), *args[2:]),
                 )
             wt = _randn(4, 3, *k)
             cases[f"conv_transpose_{n}d_{tag}"] = (
-                lambda x, w, b=None: nfold.conv_transpose(x, w, b, stride=2, groups=2),
+                lambda x, w, b=None, m=method: nfold.conv_transpose(
+                    x, w, b, stride=2, groups=2, method=m
+                ),
                 (x, wt, b) if bias else (x, wt),
             )
-        cases[f"conv_{n}d_1x1"] = (lambda x, w: nfold.conv(x, w), (x, _randn(3, 4, *(1,) * n)))
+        cases[f"conv_{n}d_1x1"] = (
+            lambda x, w: nfold.conv(x, w, method="gemm"),
+            (x, _randn(3, 4, *(1,) * n)),
+        )
         cases[f"conv_{n}d_unbatched"] = (
-            lambda x, w: nfold.conv(x, w),
+            lambda x, w: nfold.conv(x, w, method="gemm"),
             (x[0], w[:, :1].repeat(1, 4, *(1,) * n)),
         )
     return cases
