@@ -588,6 +588,13 @@ def test_compare_a_correct_rewrite_and_a_wrong_one() -> None:
     bad = nfold.compare(flipped, F.conv2d, x, w)
     assert not bad.ok and {r.verdict for r in bad.rows} == {MISMATCH}
     assert "MISMATCH" in str(bad) and bad.title.startswith("nfold.compare: flipped against conv2d")
+    assert report.first_mismatch is None and bad.first_mismatch == "flipped output"
+
+
+def test_compare_error_says_captured_tensors_are_not_converted() -> None:
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    with pytest.raises(ValueError, match="pass tensors a function captures as inputs"):
+        nfold.compare(lambda x: _unfold_conv(x, w), lambda x: F.conv2d(x, w), x)
 
 
 def test_compare_low_precision_arithmetic_is_a_mismatch() -> None:

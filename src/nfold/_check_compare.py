@@ -170,7 +170,8 @@ def compare(
             shapes = [tuple(t.shape) for t in flatten(inputs)]
             raise ModelError(
                 f"the reference {ref_name} failed on the inputs {shapes} in {dt}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc} (compare converts only the inputs it is given "
+                f"and the parameters of modules: pass tensors a function captures as inputs)"
             ) from exc
         try:
             results["fn", dt] = _run(
@@ -212,4 +213,7 @@ def compare(
             )
     result = report(rows)
     result.nothing_compared = f"{ref_name} returned no floating tensor"
+    failed = [row for row in rows if row.failed]
+    if failed:  # as check_model names the first layer, name the first quantity
+        result.first_mismatch = f"{failed[0].setting} {failed[0].quantity}"
     return result
