@@ -88,8 +88,9 @@ class Policy:
         short_row: below this many blocks along the last dim, fold runs one
             ``scatter_add_`` pass instead of strided adds (if ``ordered_scatter``).
         index_share: ... and only when its int64 index is at most this share of the input.
-        small_index: a fold whose index has at most this many bytes always scatters
-            (one op instead of one strided add per kernel offset; the index is cached).
+        small_index: a fold whose input and index have at most this many bytes each
+            scatters (one op instead of one strided add per kernel offset, which is what
+            a small call costs; the index is cached).
         ordered_scatter: ``scatter_add_`` adds each row's terms in index order (CPU), so
             it keeps torch's col2im summation order, bitwise; on GPUs it uses atomics
             (nondeterministic order), so fold never uses it there.

@@ -199,15 +199,19 @@ def _scatter_index(padded: tuple[int, ...], geom: Geometry, device: torch.device
 def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, kernel: int) -> bool:
     """Whether fold takes one ``scatter_add_`` pass: only where scatter keeps the
     summation order, and either when its int64 index (8 bytes per column, shared by all
-    planes) is small (then one op beats a strided add per kernel offset), or for rows
+    planes) and the input are small (then one op beats a strided add per kernel
+    offset), or for rows
     shorter than the policy's ``short_row`` (strided adds then cost more per row than a
     scatter per element: 1.5-2.2x for 6 and 8 blocks on CPU) when the index is at most
     ``index_share`` of the input."""
     rule = _plan.policy(y.device)
     if not (rule.ordered_scatter and y.is_contiguous() and y.dtype == acc != torch.complex32):
         return False
-    if 8 * kernel * y.shape[2] <= rule.small_index:
-        return True  # the index has prod(k) * L entries
+    if (
+        8 * kernel * y.shape[2] <= rule.small_index
+        and y.numel() * y.element_size() <= rule.small_index
+    ):
+        return True  # a small fold (fixed-cost bound); the index has prod(k) * L entries
     planes = y.shape[0] * y.shape[1] // kernel
     return blocks[-1] < rule.short_row and rule.index_share * planes * y.element_size() >= 8
 
