@@ -35,7 +35,8 @@ import torch
 from torch.utils.benchmark import Timer
 
 import nfold
-from nfold import bench, kfac
+from nfold import kfac
+from nfold.bench.suite import ALL_CNN_C, QUICK_LAYERS
 
 
 class Config(NamedTuple):
@@ -53,8 +54,8 @@ def configs(quick: bool) -> list[Config]:
     b = 4 if quick else 32
     s = 16 if quick else 32
     out = [Config(f"conv2d 64-64 k3 p1 ({b},64,{s},{s})", (b, 64, s, s), 3, padding=1)]
-    for name, c_in, _, size, k, stride, pad in bench.ALL_CNN_C:
-        if quick and name not in bench.QUICK_LAYERS:
+    for name, c_in, _, size, k, stride, pad in ALL_CNN_C:
+        if quick and name not in QUICK_LAYERS:
             continue
         shape = (b, c_in, size, size)
         label = f"All-CNN-C {name} k{k} s{stride} p{pad} ({','.join(map(str, shape))})"
