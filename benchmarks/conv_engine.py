@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import nfold
+from nfold.bench.suite import ALL_CNN_C
 
 MB = 2**20
 
@@ -59,18 +60,6 @@ class Case:
     @property
     def n(self) -> int:
         return len(self.shape) - 2
-
-
-ALL_CNN_C = (  # name, C_in, C_out, size, kernel, stride, padding (Springenberg et al. 2015)
-    ("conv1", 3, 96, 32, 3, 1, 1),
-    ("conv2", 96, 96, 32, 3, 1, 1),
-    ("conv3", 96, 96, 32, 3, 2, 1),
-    ("conv4", 96, 192, 16, 3, 1, 1),
-    ("conv5", 192, 192, 16, 3, 1, 1),
-    ("conv6", 192, 192, 16, 3, 2, 1),
-    ("conv7", 192, 192, 8, 3, 1, 0),
-    ("conv8", 192, 192, 6, 1, 1, 0),
-)
 
 
 def cases(quick: bool) -> list[Case]:

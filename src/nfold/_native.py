@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from . import _args
 from ._args import Pads
 from ._plan import Geometry
+from ._slabs import largest
 from .patches import _fold, pad
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -260,7 +261,7 @@ def _conv_slabs(
             part, part_ps = slab(x, ps, i, 0, q)
             return fits(x.shape[0], part.shape[2:], part_ps, (*outs[:i], q, *outs[i + 1 :]))
 
-        step = _largest(1, outs[i], rows) if rows(1) else 1
+        step = largest(1, outs[i], rows) if rows(1) else 1
         pieces = [
             split(*slab(x, ps, i, o0, min(o0 + step, outs[i])), i + 1)
             for o0 in range(0, outs[i], step)
@@ -272,18 +273,10 @@ def _conv_slabs(
     if batch <= 1 or not fits(1, x.shape[2:], pads, outs):
         step = 1
     else:
-        step = _largest(1, batch, lambda b: fits(b, x.shape[2:], pads, outs))
+        step = largest(1, batch, lambda b: fits(b, x.shape[2:], pads, outs))
     if step >= batch:
         return split(x, pads, 0)
     return torch.cat([split(p, pads, 0) for p in x.split(step)], 0)
-
-
-def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
-    """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
 
 
 # --------------------------------------------------------------------------- conv_transpose
@@ -411,7 +404,7 @@ def _conv_transpose_slabs(
             return fits(part.shape[0], (*part.shape[2 : 2 + i], q, *part.shape[3 + i :]))
 
         size = part.shape[2 + i]
-        step = _largest(1, size, rows) if rows(1) else 1
+        step = largest(1, size, rows) if rows(1) else 1
         for r0 in range(0, size, step):
             sub = part.narrow(2 + i, r0, min(step, size - r0))
             buf = add(buf, sub, (*origin[:i], origin[i] + r0, *origin[i + 1 :]), i + 1)
@@ -432,7 +425,7 @@ def _conv_transpose_slabs(
     if batch <= 1 or not fits(1, x.shape[2:]):
         step = 1
     else:
-        step = _largest(1, batch, lambda b: fits(b, x.shape[2:]))
+        step = largest(1, batch, lambda b: fits(b, x.shape[2:]))
     if step >= batch:
         return one(x)
     return torch.cat([one(p) for p in x.split(step)], 0)

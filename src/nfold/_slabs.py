@@ -57,7 +57,7 @@ class Layout(Protocol):
         ...
 
 
-def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+def largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
     """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -105,7 +105,7 @@ def plan(
         while first < os[i]:
             stop = first + 1
             if ok(first, stop):
-                stop = _largest(stop, os[i], lambda s, f=first: ok(f, s))  # type: ignore[misc]
+                stop = largest(stop, os[i], lambda s, f=first: ok(f, s))  # type: ignore[misc]
             span, sub_sp, sub_ps = piece(first, stop)
             sub_os = (*os[:i], stop - first, *os[i + 1 :])
             found += [(span, *rest) for rest in split(b, sub_sp, sub_ps, sub_os, i + 1)]
@@ -115,7 +115,7 @@ def plan(
     sp, ps, os = tuple(spatial), tuple(params), tuple(outs)
     if fits(batch, sp, ps, os):
         return [Slab((0, batch), ())]
-    step = _largest(1, batch, lambda b: fits(b, sp, ps, os)) if fits(1, sp, ps, os) else 1
+    step = largest(1, batch, lambda b: fits(b, sp, ps, os)) if fits(1, sp, ps, os) else 1
     slabs = []
     for b0 in range(0, batch, step):
         b = min(step, batch - b0)

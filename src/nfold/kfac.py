@@ -31,6 +31,7 @@ from torch import nn
 from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
+from ._slabs import largest
 from .conv_modules import ConvNd
 from .patches import _pad_index, _unfold_forward
 
@@ -99,14 +100,6 @@ def expand_chunk_bytes(
     return batch * (unfolded + channels * slab * (item + (acc if acc != item else 0)))
 
 
-def _largest(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
-    """Largest v in [lo, hi] with ``fits(v)``, given ``fits(lo)`` and monotonicity."""
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
-
-
 def _split_outputs(
     outs: tuple[int, ...], fits: Callable[[tuple[int, ...]], bool]
 ) -> list[tuple[tuple[int, int], ...]]:
@@ -117,7 +110,7 @@ def _split_outputs(
         return [()]
     rest = outs[1:]
     if fits((1, *rest)):
-        step = _largest(1, outs[0], lambda t: fits((t, *rest)))
+        step = largest(1, outs[0], lambda t: fits((t, *rest)))
         whole = tuple((0, o) for o in rest)
         return [((o, min(o + step, outs[0])), *whole) for o in range(0, outs[0], step)]
     inner = _split_outputs(rest, lambda lengths: fits((1, *lengths)))
@@ -138,7 +131,7 @@ def expand_plan(
     if batch == 0:
         return []
     if fits(1, outs):
-        step = _largest(1, batch, lambda b: fits(b, outs))
+        step = largest(1, batch, lambda b: fits(b, outs))
         return [Chunk((b, min(b + step, batch)), whole) for b in range(0, batch, step)]
     regions = _split_outputs(outs, lambda lengths: fits(1, lengths))
     return [Chunk((b, b + 1), region) for b in range(batch) for region in regions]
