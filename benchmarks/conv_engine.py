@@ -25,7 +25,6 @@ its peak extra memory (output and gradients included). Linux only.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils import benchmark
 
 import nfold
+from nfold.bench import memory
 from nfold.bench.suite import ALL_CNN_C
 
 MB = 2**20
@@ -200,26 +200,16 @@ def peak_bytes(case: Case, impl: str, backward: bool, quick: bool) -> int | None
 
 def _memory_child() -> None:
     spec = json.load(sys.stdin)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
-    except OSError:
-        pass
+    memory.return_freed_memory()
     torch.set_num_threads(1)
     case = next(c for c in cases(spec["quick"]) if c.name == spec["name"])
     fn = step(case, spec["impl"], spec["backward"])
     fn()
-
-    def status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    tools = memory.hwm_tools()
+    if tools is None:
+        raise SystemExit("peak memory needs /proc/self/clear_refs (Linux)")
+    reset, status = tools
+    reset()
     rest = status("VmRSS")
     fn()
     print(status("VmHWM") - rest)

@@ -24,7 +24,6 @@ The machine these numbers come from may be shared: ratios are noisy, run it twic
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import subprocess
@@ -36,6 +35,7 @@ from torch.utils.benchmark import Timer
 
 import nfold
 from nfold import kfac
+from nfold.bench import memory
 from nfold.bench.suite import ALL_CNN_C, QUICK_LAYERS
 
 
@@ -129,23 +129,16 @@ def _time(fn: Any, min_run_time: float) -> float:
 
 def _memory_child() -> None:
     spec = json.loads(sys.argv[2])
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+    memory.return_freed_memory()
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["cfg"].items()})
     fn = implementations(cfg, spec["reduction"])[spec["impl"]]
     fn()
-
-    def status(key: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
+    tools = memory.hwm_tools()
+    if tools is None:
+        raise SystemExit("peak memory needs /proc/self/clear_refs (Linux)")
+    reset, status = tools
     base = status("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset()
     fn()
     print(max(0, status("VmHWM") - base))
 

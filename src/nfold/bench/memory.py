@@ -30,6 +30,17 @@ from .suite import Row, fmt_bytes
 _TAG = "nfold.bench.memory "  # starts every result line the child writes
 
 
+def return_freed_memory() -> None:
+    """Make every allocation >= 64 KiB its own mmap, returned to the OS on free (glibc),
+    so that peak RSS measures what an op holds, not what the allocator keeps."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
 def hwm_tools() -> tuple[Callable[[], None], Callable[[str], int]] | None:
     """(reset the peak-RSS counter, read a /proc/self/status field in bytes), or None
     where the kernel does not offer them."""
@@ -90,12 +101,7 @@ def measure_memory(
 def child_main() -> None:
     """Entry point of the memory subprocess: spec JSON on stdin, JSON lines on stdout."""
     spec = json.load(sys.stdin)
-    try:  # every allocation >= 64 KiB is its own mmap, returned to the OS on free
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
-    except OSError:
-        pass
+    return_freed_memory()
     tools = hwm_tools()
     gc.collect()
     gc.freeze()  # the import graph is large: keep the collector off it while measuring
