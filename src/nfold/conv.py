@@ -114,8 +114,8 @@ def _workspace(limit: int | None, one_position: int, device: torch.device) -> in
 # --------------------------------------------------------------------------- slabs
 
 
-class _ConvSlabs(NamedTuple):
-    """conv's :class:`_slabs.Layout`; a slab's param per dim is its zero padding (lo, hi)."""
+class _ConvSizes(NamedTuple):
+    """What a conv / conv_transpose slab layout needs to know (``item``: bytes per element)."""
 
     kernel: tuple[int, ...]
     dilation: tuple[int, ...]
@@ -125,6 +125,10 @@ class _ConvSlabs(NamedTuple):
     groups: int
     item: int
     weight_numel: int
+
+
+class _ConvSlabs(_ConvSizes):
+    """conv's :class:`_slabs.Layout`; a slab's param per dim is its zero padding (lo, hi)."""
 
     def cost(
         self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
@@ -154,18 +158,9 @@ class _ConvSlabs(NamedTuple):
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
 
-class _ConvTransposeSlabs(NamedTuple):
+class _ConvTransposeSlabs(_ConvSizes):
     """conv_transpose's :class:`_slabs.Layout`; a slab's param per dim is the uncropped
     coordinate (relative to its input rows) of its first output position."""
-
-    kernel: tuple[int, ...]
-    dilation: tuple[int, ...]
-    stride: tuple[int, ...]
-    c_in: int
-    c_out: int
-    groups: int
-    item: int
-    weight_numel: int
 
     def cost(
         self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
