@@ -452,7 +452,7 @@ def test_workspace_bounds_native_calls(transposed: bool, n: int, monkeypatch) ->
         kw["output_padding"] = 1
     fn = conv_transpose if transposed else conv
     unbounded = fn(x, w, method="auto", **kw)
-    limit = 40_000 if transposed else 20_000
+    limit = 80_000 if transposed else 20_000  # fits one native slab (see _layouts)
     seen: list[int] = []
     table = _native._CONV_TRANSPOSE if transposed else _native._CONV
     real = table[3]

@@ -10,11 +10,11 @@ import math
 import pytest
 
 from nfold import _slabs
-from nfold.conv import _ConvSlabs, _ConvTransposeSlabs
+from nfold._layouts import ConvSlabs, ConvTransposeSlabs
 
 # (layout, batch, input spatial, params, output spatial)
-CONV = _ConvSlabs((3, 2), (1, 2), (2, 1), c_in=4, c_out=6, groups=2, item=8, weight_numel=48)
-CONV_T = _ConvTransposeSlabs((3, 2), (2, 1), (2, 3), c_in=4, c_out=6, groups=2, item=8,
+CONV = ConvSlabs((3, 2), (1, 2), (2, 1), c_in=4, c_out=6, groups=2, item=8, weight_numel=48)
+CONV_T = ConvTransposeSlabs((3, 2), (2, 1), (2, 3), c_in=4, c_out=6, groups=2, item=8,
                              weight_numel=48)  # fmt: skip
 CASES = {
     "conv": (CONV, 3, (9, 7), ((1, 2), (0, 1)), (5, 6)),

@@ -32,17 +32,18 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import _args
+from . import _args, _slabs
 from ._args import Pads
+from ._layouts import NativeConvSlabs, NativeConvTransposeSlabs
 from ._plan import Geometry
-from ._slabs import largest
-from .patches import _fold, pad
+from ._slabs import Param
+from .patches import _fold, pad, plain_call
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -88,29 +89,21 @@ def conv(
     mode: str,
     groups: int,
     limit: int | None,
+    layout: NativeConvSlabs,
 ) -> torch.Tensor:
-    """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *L)``; arguments already validated."""
+    """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *L)``; arguments already validated.
+    With a ``limit``, in the slabs of :func:`_slabs.plan` whose ``layout`` cost fits it."""
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * len(pads)
     if limit is None:
         return _conv(x, w, bias, stride, dilation, pads, groups)
-    n, kernel = len(stride), tuple(w.shape[2:])
-    lead = n - min(n, 3)
-    c_in, c_out, item = x.shape[1], w.shape[0], x.element_size()
 
-    def cost(batch: int, padded: Sequence[int], outs: Sequence[int]) -> int:
-        cols = math.prod(outs)
-        merged = math.prod(kernel[:lead]) * math.prod(outs[:lead]) * math.prod(padded[lead:])
-        # an im2col-based native kernel (e.g. torch's CPU float64 conv3d) unfolds one
-        # sample of its batch at a time
-        native_cols = c_in * math.prod(kernel) * math.prod(outs[lead:])
-        ours = max(c_in * merged, c_out * cols, c_in * math.prod(padded))
-        return item * max(batch * ours, native_cols)
+    def leaf(part: torch.Tensor, part_pads: Sequence[Param], _: Sequence[int]) -> torch.Tensor:
+        return _conv(part, w, bias, stride, dilation, tuple(part_pads), groups)
 
-    def run(part: torch.Tensor, part_pads: Pads) -> torch.Tensor:
-        return _conv(part, w, bias, stride, dilation, part_pads, groups)
-
-    return _conv_slabs(x, pads, kernel, stride, dilation, limit, cost, run)
+    outs = _args.output_size(tuple(x.shape[2:]), tuple(w.shape[2:]), dilation, pads, stride)
+    slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, limit, layout)
+    return _slabs.run(x, slabs, pads, outs, leaf, into=plain_call(x, w, bias))
 
 
 def _conv(
@@ -225,60 +218,6 @@ def _conv_sum(
     return out.permute(lead, lead + 1, *range(lead), *range(lead + 2, n + 2)).contiguous()
 
 
-def _conv_slabs(
-    x: torch.Tensor,
-    pads: Pads,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    limit: int,
-    cost: Callable[[int, Sequence[int], Sequence[int]], int],
-    run: Callable[[torch.Tensor, Pads], torch.Tensor],
-) -> torch.Tensor:
-    """``run`` on output slabs (batch, then spatial dim 0, 1, ...) whose cost fits ``limit``,
-    each reading its input rows with its own share of the padding; slabs concatenated."""
-    n = len(stride)
-    spans = _args.span(kernel, dilation)
-
-    def fits(batch: int, spatial: Sequence[int], ps: Pads, outs: Sequence[int]) -> bool:
-        return cost(batch, _args.padded_size(spatial, ps), outs) <= limit
-
-    def slab(x: torch.Tensor, ps: Pads, i: int, o0: int, o1: int) -> tuple[torch.Tensor, Pads]:
-        size, lo = x.shape[2 + i], ps[i][0]
-        a = o0 * stride[i] - lo  # input coordinate of the slab's first padded element
-        e = (o1 - 1) * stride[i] + spans[i] - lo  # one past its last
-        new_lo = min(max(-a, 0), e - a)
-        new_hi = min(max(e - size, 0), e - a - new_lo)
-        part = x.narrow(2 + i, min(max(a, 0), size), e - a - new_lo - new_hi)
-        return part, (*ps[:i], (new_lo, new_hi), *ps[i + 1 :])
-
-    def split(x: torch.Tensor, ps: Pads, i: int) -> torch.Tensor:
-        outs = _args.output_size(tuple(x.shape[2:]), kernel, dilation, ps, stride)
-        if i == n or fits(x.shape[0], x.shape[2:], ps, outs):
-            return run(x, ps)
-
-        def rows(q: int) -> bool:
-            part, part_ps = slab(x, ps, i, 0, q)
-            return fits(x.shape[0], part.shape[2:], part_ps, (*outs[:i], q, *outs[i + 1 :]))
-
-        step = largest(1, outs[i], rows) if rows(1) else 1
-        pieces = [
-            split(*slab(x, ps, i, o0, min(o0 + step, outs[i])), i + 1)
-            for o0 in range(0, outs[i], step)
-        ]
-        return torch.cat(pieces, 2 + i)
-
-    batch = x.shape[0]
-    outs = _args.output_size(tuple(x.shape[2:]), kernel, dilation, pads, stride)
-    if batch <= 1 or not fits(1, x.shape[2:], pads, outs):
-        step = 1
-    else:
-        step = largest(1, batch, lambda b: fits(b, x.shape[2:], pads, outs))
-    if step >= batch:
-        return split(x, pads, 0)
-    return torch.cat([split(p, pads, 0) for p in x.split(step)], 0)
-
-
 # --------------------------------------------------------------------------- conv_transpose
 
 
@@ -293,12 +232,42 @@ def conv_transpose(
     groups: int,
     outs: tuple[int, ...],
     limit: int | None,
+    layout: NativeConvTransposeSlabs,
 ) -> torch.Tensor:
-    """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *outs)``; arguments already validated."""
+    """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *outs)``; arguments already validated.
+    With a ``limit``, in the output slabs of :func:`_slabs.plan` whose ``layout`` cost
+    fits it, each the uncropped transposed conv of the input rows it reads, cropped."""
     if limit is None:
         return _conv_transpose(x, w, bias, stride, padding, output_padding, dilation, groups, outs)
-    out = _conv_transpose_slabs(x, w, stride, padding, dilation, groups, outs, limit)
-    return out if bias is None else out + bias.view(-1, *(1,) * len(outs))
+    n, c_out = len(stride), w.shape[1] * groups
+    spans = _args.span(tuple(w.shape[2:]), dilation)
+    zeros = (0,) * n
+
+    def leaf(part: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
+        # ps[i]: uncropped coordinate (relative to these input rows) of output position 0
+        if 0 in part.shape[2:]:  # no input row reaches this slab of the output
+            linked = part.flatten()[:0].sum() + w.flatten()[:0].sum()  # stays in the graph
+            y = part.new_zeros((part.shape[0], c_out, *os)) + linked
+        else:
+            full = tuple(
+                (s - 1) * st + sp for s, st, sp in zip(part.shape[2:], stride, spans, strict=True)
+            )
+            y = _conv_transpose(part, w, None, stride, zeros, zeros, dilation, groups, full)
+            lo = [int(p) for p in ps]
+            crop: tuple[Any, ...] = tuple(
+                slice(max(a, 0), min(a + o, f)) for a, o, f in zip(lo, os, full, strict=True)
+            )
+            extend = [
+                v
+                for a, o, f in reversed(list(zip(lo, os, full, strict=True)))
+                for v in (max(-a, 0), max(a + o - f, 0))
+            ]
+            y = y[(..., *crop)]
+            y = F.pad(y, extend) if any(extend) else y
+        return y if bias is None else y + bias.view(-1, *(1,) * n)
+
+    slabs = _slabs.plan(x.shape[0], x.shape[2:], padding, outs, limit, layout)
+    return _slabs.run(x, slabs, padding, outs, leaf, into=plain_call(x, w, bias))
 
 
 def _conv_transpose(
@@ -347,85 +316,3 @@ def _conv_transpose(
         out = F.pad(out, [0, 0, *(v for e in reversed(extend) for v in (0, e))])
     out = out.view(batch, c_out, *outs)
     return out if bias is None else out + bias.view(-1, *(1,) * n)
-
-
-def _conv_transpose_slabs(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    outs: tuple[int, ...],
-    limit: int,
-) -> torch.Tensor:
-    """The uncropped transposed conv of input slabs (batch, then input positions of spatial
-    dim 0, 1, ...) added into one output buffer, then cropped to ``outs``."""
-    n = len(stride)
-    kernel = tuple(w.shape[2:])
-    spans = _args.span(kernel, dilation)
-    c_in, c_out, item = x.shape[1], w.shape[1] * groups, x.element_size()
-    k_numel = math.prod(kernel)
-    zeros = (0,) * n
-
-    lead = n - min(n, 3)
-    k_lead = math.prod(kernel[:lead])
-
-    def fits(batch: int, spatial: Sequence[int]) -> bool:
-        cells = math.prod(spatial)
-        uncropped = [(s_ - 1) * st + sp for s_, st, sp in zip(spatial, stride, spans, strict=True)]
-        # the native output before the leading fold; an im2col-based native kernel's
-        # columns of one sample of its batch
-        native_out = c_out * k_lead * math.prod(spatial[:lead]) * math.prod(uncropped[lead:])
-        native_cols = c_out * k_numel * math.prod(spatial[lead:])
-        ours = max(native_out, c_out * math.prod(uncropped), c_in * cells)
-        return item * max(batch * ours, native_cols) <= limit
-
-    def uncropped(part: torch.Tensor) -> torch.Tensor:
-        size = tuple(
-            (s_ - 1) * st + sp for s_, st, sp in zip(part.shape[2:], stride, spans, strict=True)
-        )
-        return _conv_transpose(part, w, None, stride, zeros, zeros, dilation, groups, size)
-
-    def add(buf: torch.Tensor, part: torch.Tensor, origin: tuple[int, ...], i: int) -> torch.Tensor:
-        if i == n or fits(part.shape[0], part.shape[2:]):
-            piece = uncropped(part)
-            index: tuple[Any, ...] = (
-                ...,
-                *(
-                    slice(a * st, a * st + p)
-                    for a, st, p in zip(origin, stride, piece.shape[2:], strict=True)
-                ),
-            )
-            buf[index] += piece
-            return buf
-
-        def rows(q: int) -> bool:
-            return fits(part.shape[0], (*part.shape[2 : 2 + i], q, *part.shape[3 + i :]))
-
-        size = part.shape[2 + i]
-        step = largest(1, size, rows) if rows(1) else 1
-        for r0 in range(0, size, step):
-            sub = part.narrow(2 + i, r0, min(step, size - r0))
-            buf = add(buf, sub, (*origin[:i], origin[i] + r0, *origin[i + 1 :]), i + 1)
-        return buf
-
-    full = tuple(
-        max((s_ - 1) * st + sp, p + o)
-        for s_, st, sp, p, o in zip(x.shape[2:], stride, spans, padding, outs, strict=True)
-    )
-    crop: tuple[Any, ...] = (..., *(slice(p, p + o) for p, o in zip(padding, outs, strict=True)))
-
-    def one(part: torch.Tensor) -> torch.Tensor:
-        buf = part.new_zeros((part.shape[0], c_out, *full))
-        buf = add(buf, part, zeros, 0)
-        return buf[crop].contiguous()
-
-    batch = x.shape[0]
-    if batch <= 1 or not fits(1, x.shape[2:]):
-        step = 1
-    else:
-        step = largest(1, batch, lambda b: fits(b, x.shape[2:]))
-    if step >= batch:
-        return one(x)
-    return torch.cat([one(p) for p in x.split(step)], 0)

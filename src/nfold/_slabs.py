@@ -132,10 +132,17 @@ def run(
     params: Sequence[Param],
     outs: Sequence[int],
     leaf: Leaf,
+    into: bool = False,
 ) -> torch.Tensor:
     """``leaf(x_slab, params_slab, outs_slab)`` for each slab of :func:`plan`, the results
     concatenated into the whole output. Input slabs are cut from one ``split`` per dim
-    (see :func:`_slices`), so backward assembles the input gradient once."""
+    (see :func:`_slices`), so backward assembles the input gradient once.
+
+    ``into``: no autograd graph is recorded (the caller checked), so each slab is copied
+    into one preallocated output as soon as it is made instead of being held until a
+    concatenation: peak memory is the output plus one slab's, not twice the output."""
+    if into and len(slabs) > 1:
+        return _run_into(x, slabs, params, outs, leaf)
 
     def along(x: torch.Tensor, group: list[Slab], i: int, ps: tuple[Param, ...],
               os: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
@@ -162,6 +169,30 @@ def run(
         return along(x, batches[0], 0, ps, os)
     parts = _slices(x, 0, [g[0].batch for g in batches])
     return _cat([along(p, g, 0, ps, os) for p, g in zip(parts, batches, strict=True)], 0)
+
+
+def _run_into(
+    x: torch.Tensor,
+    slabs: Sequence[Slab],
+    params: Sequence[Param],
+    outs: Sequence[int],
+    leaf: Leaf,
+) -> torch.Tensor:
+    out: torch.Tensor | None = None
+    for slab in slabs:
+        part, ps, os = x.narrow(0, *slab.batch), list(params), list(outs)
+        where: list[Any] = [slice(slab.batch[0], sum(slab.batch)), slice(None)]
+        for i, span in enumerate(slab.spans):
+            part = part.narrow(2 + i, span.start, span.length)
+            ps[i], os[i] = span.param, span.stop - span.first
+            where.append(slice(span.first, span.stop))
+        piece = leaf(part, ps, os)
+        if out is None:
+            out = piece.new_empty((x.shape[0], piece.shape[1], *outs))
+        out[tuple(where)] = piece
+        del piece
+    assert out is not None
+    return out
 
 
 def _cat(pieces: list[torch.Tensor], dim: int) -> torch.Tensor:

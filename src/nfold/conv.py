@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from . import _args, _native, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg, Pads
+from ._layouts import ConvSlabs, ConvTransposeSlabs, NativeConvSlabs, NativeConvTransposeSlabs
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
 from .patches import Variants, _fold, _owning, _unfold, pad
@@ -112,81 +113,6 @@ def _workspace(limit: int | None, one_position: int, device: torch.device) -> in
 
 
 # --------------------------------------------------------------------------- slabs
-
-
-class _ConvSizes(NamedTuple):
-    """What a conv / conv_transpose slab layout needs to know (``item``: bytes per element)."""
-
-    kernel: tuple[int, ...]
-    dilation: tuple[int, ...]
-    stride: tuple[int, ...]
-    c_in: int
-    c_out: int
-    groups: int
-    item: int
-    weight_numel: int
-
-
-class _ConvSlabs(_ConvSizes):
-    """conv's :class:`_slabs.Layout`; a slab's param per dim is its zero padding (lo, hi)."""
-
-    def cost(
-        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
-    ) -> int:
-        cols = math.prod(outs)
-        padded = _args.padded_size(spatial, tuple(params))
-        return (
-            self.item
-            * batch
-            * max(
-                self.c_in * math.prod(self.kernel) * cols,  # unfolded matrix
-                self.c_out * cols,  # matmul result
-                self.c_in * math.prod(padded),  # padded (or copied) input slab
-                # grouped weight broadcast by matmul
-                self.weight_numel if batch > 1 and self.groups > 1 else 0,
-            )
-        )
-
-    def rows(
-        self, i: int, size: int, param: Param, first: int, stop: int
-    ) -> tuple[int, int, Param]:
-        lo, st = param[0], self.stride[i]
-        a = first * st - lo  # input coordinate of the slab's first padded element
-        e = (stop - 1) * st + self.dilation[i] * (self.kernel[i] - 1) + 1 - lo  # one past last
-        new_lo = min(max(-a, 0), e - a)
-        new_hi = min(max(e - size, 0), e - a - new_lo)
-        return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
-
-
-class _ConvTransposeSlabs(_ConvSizes):
-    """conv_transpose's :class:`_slabs.Layout`; a slab's param per dim is the uncropped
-    coordinate (relative to its input rows) of its first output position."""
-
-    def cost(
-        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
-    ) -> int:
-        return (
-            self.item
-            * batch
-            * max(
-                self.c_out * math.prod(self.kernel) * math.prod(spatial),  # columns before fold
-                self.c_out * math.prod(outs),  # folded slab
-                self.c_in * math.prod(spatial),  # input slab (copied if not contiguous)
-                # grouped weight broadcast by matmul
-                self.weight_numel if batch > 1 and self.groups > 1 else 0,
-            )
-        )
-
-    def rows(
-        self, i: int, size: int, param: Param, first: int, stop: int
-    ) -> tuple[int, int, Param]:
-        span, st = self.dilation[i] * (self.kernel[i] - 1) + 1, self.stride[i]
-        u0, u1 = int(param) + first, int(param) + stop
-        lo = max(0, -((span - 1 - u0) // st))  # ceil((u0 - span + 1) / s)
-        hi = min(size - 1, (u1 - 1) // st)
-        if hi < lo:
-            return min(lo, size), 0, 0
-        return lo, hi - lo + 1, u0 - lo * st
 
 
 def _add_bias(leaf: _slabs.Leaf, bias: torch.Tensor | None, n: int) -> _slabs.Leaf:
@@ -443,7 +369,8 @@ class _ConvPlan(NamedTuple):
     outs: tuple[int, ...]
     limit: int | None
     one_position: int
-    layout: _ConvSlabs
+    layout: ConvSlabs
+    native: NativeConvSlabs
     auto: bool  # method "auto" (native where torch has a kernel, see _native.native)
 
 
@@ -485,9 +412,12 @@ def _conv_plan(
     outs = _args.output_size(spatial, kernel, dil, pads, st)
     limit = _args.workspace(max_workspace_bytes)
     k_numel, item = math.prod(kernel), dtype.itemsize
-    layout = _ConvSlabs(kernel, dil, st, c_in, c_out, g, item, math.prod(w_shape))
+    sizes_ = (kernel, dil, st, c_in, c_out, g, item, math.prod(w_shape))
+    layout = ConvSlabs(*sizes_)
+    native = NativeConvSlabs(*sizes_, device, dtype, b_shape is not None)
     has_pad = _args.has_padding(pads) or mode != "zeros"
-    one = layout.cost(1, _args.span(kernel, dil) if has_pad else kernel, ((0, 0),) * n, (1,) * n)
+    one_rows = _args.span(kernel, dil) if has_pad else kernel
+    one = layout.cost(1, one_rows, ((0, 0),) * n, (1,) * n)
     if limit is not None and one > limit:
         raise ValueError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
@@ -501,7 +431,11 @@ def _conv_plan(
     # C_in = 0: torch's eager conv returns 0 channels, against its own shape rule
     # (pytorch/pytorch#101356); the gemm path gives (B, C_out, *L), zeros plus the bias
     auto = method == "auto" and c_in > 0
-    return _ConvPlan(batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, auto)
+    if auto and limit is not None:  # "gemm" where one native slab cannot fit the limit
+        auto = native.cost(1, one_rows, ((0, 0),) * n, (1,) * n) <= limit
+    return _ConvPlan(
+        batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native, auto
+    )
 
 
 def conv(
@@ -531,9 +465,13 @@ def conv(
         dilation: int or N-tuple.
         groups: number of channel groups; divides ``C_in`` and ``C_out``.
         padding_mode: "zeros", "reflect", "replicate" or "circular" (as ``torch.nn.ConvNd``).
-        max_workspace_bytes: if set, the unfolded matrix is built and consumed in slabs
-            (over the batch, then over output positions) so that no intermediate is larger;
-            equal to the unchunked result (bitwise for batch chunks, else to round-off).
+        max_workspace_bytes: if set, the work runs in slabs (over the batch, then over
+            output positions) so that no intermediate ("gemm": the unfolded matrix or
+            any other) is larger, and with "auto" what one slab holds at once (torch's
+            conv, its im2col matrix where torch's kernel builds one, the leading-dim
+            unfold) fits it; where no single native slab fits, "auto" runs "gemm".
+            Equal to the unchunked result (bitwise for "gemm"'s batch chunks, else to
+            round-off).
         method: "auto" (default): torch's own ``conv{N}d`` for N <= 3; for N > 3 the
             leading N - 3 dims unfolded into channels (and their positions into the
             batch) around one ``F.conv3d``; "gemm" where torch has no conv kernel for the
@@ -565,7 +503,7 @@ def conv(
         p.limit,
     )
     if p.auto and _native.native(x.device, x.dtype, n, transposed=False):
-        out = _native.conv(x, w, b, st, dil, pads, mode, g, limit)
+        out = _native.conv(x, w, b, st, dil, pads, mode, g, limit, p.native)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
@@ -615,8 +553,8 @@ def conv_transpose(
         output_size: requested spatial size (N values, or with batch/channel dims);
             determines ``output_padding`` as ``torch.nn.ConvTransposeNd.forward`` does.
         max_workspace_bytes: if set, work in output slabs (over the batch, then over
-            output positions) so that no intermediate is larger; equal to the unchunked
-            result (bitwise for batch chunks, else to round-off).
+            output positions) that fit it, as for ``conv``; equal to the unchunked
+            result (bitwise for "gemm"'s batch chunks, else to round-off).
         method: "auto" (default): torch's own ``conv_transpose{N}d`` for N <= 3; for
             N > 3 one ``F.conv_transpose3d`` over the trailing dims, then ``fold`` over the
             leading N - 3; "gemm" where torch has no kernel for the dtype on the device.
@@ -677,7 +615,8 @@ def conv_transpose(
     limit = _args.workspace(max_workspace_bytes)
     span = _args.span(kernel, dil)
     k_numel, item = math.prod(kernel), x.element_size()
-    layout = _ConvTransposeSlabs(kernel, dil, st, c_in, c_out, g, item, w.numel())
+    sizes_ = (kernel, dil, st, c_in, c_out, g, item, w.numel())
+    layout = ConvTransposeSlabs(*sizes_)
     rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
     one = layout.cost(1, rows, (0,) * n, (1,) * n)
     if limit is not None and one > limit:
@@ -692,8 +631,13 @@ def conv_transpose(
         linked = x[:0].sum() + w[:0].sum() + (0 if b is None else b[:0].sum())
         empty = x.new_zeros((x.shape[0], c_out, *outs)) + linked
         return empty if batched else empty.squeeze(0)
-    if method == "auto" and _native.native(x.device, x.dtype, n, transposed=True):
-        out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit)
+    native = NativeConvTransposeSlabs(*sizes_, x.device, x.dtype, b is not None)
+    if (
+        method == "auto"
+        and _native.native(x.device, x.dtype, n, transposed=True)
+        and (limit is None or native.cost(1, rows, (0,) * n, (1,) * n) <= limit)
+    ):
+        out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit, native)
         return out if batched else out.squeeze(0)
 
     # ---- work starts here

@@ -375,6 +375,14 @@ def _graph_needed(args: tuple[Any, ...]) -> bool:
     )
 
 
+def plain_call(*args: Any) -> bool:
+    """Whether a call records nothing (no autograd graph, functorch transform or trace), so
+    its results may be written into preallocated buffers."""
+    if torch.compiler.is_compiling() or _transforms_active is None or _transforms_active():
+        return False
+    return not _graph_needed(args)
+
+
 class Variants(NamedTuple):
     """One op as three Functions with the same forward and backward (so results agree
     bitwise): ``core`` for torch.compile (dynamo cannot trace a custom jvp or vmap),
