@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nfold import _plan
 from reference import (  # noqa: F401  (re-exported)
     ALL_DTYPES,
     COMPLEX_DTYPES,
@@ -33,6 +34,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "filterwarnings", "ignore:Using padding='same' with even kernel:UserWarning"
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plans(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Plans are cached per call signature, and some are derived from the device policy,
+    which tests patch: forget them after such a test, so later tests see the real one."""
+    yield
+    if "monkeypatch" in request.fixturenames:
+        _plan.clear_caches()
 
 
 @pytest.fixture(autouse=True)

@@ -133,10 +133,40 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
 LAYOUTS = ["contiguous", "noncontiguous", "channels_last"]
 
 
+@pytest.fixture(params=["nfold", "torch_below"])
+def engine(request, monkeypatch):  # type: ignore[no-untyped-def]
+    """Small N = 2 float calls run torch's own op (Policy.torch_below); "nfold" turns that
+    off, so that nfold's own path is held to torch's bits too."""
+    if request.param == "nfold":
+        monkeypatch.setitem(_plan.POLICIES, "cpu", dataclasses.replace(_plan.CPU, torch_below=0))
+        _plan.clear_caches()
+    return request.param
+
+
+def test_small_2d_float_calls_run_torchs_ops(monkeypatch):
+    """Below Policy.torch_below, N = 2 float unfold / fold are torch's own calls (the same
+    bits, at a C++ call's cost); above it, and for other N or dtypes, nfold's."""
+    calls = []
+    for name in ("unfold", "fold"):
+        real = getattr(F, name)
+        monkeypatch.setattr(
+            F, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k)
+        )
+    x = make_tensor((2, 3, 7, 8), torch.float32, seed=1)
+    cols = nfold.unfold(x, 3, padding=1)
+    nfold.fold(cols, (7, 8), 3, padding=1)
+    assert calls == ["unfold", "fold"]
+    nfold.unfold(x.double(), 3, padding=((1, 0), (1, 1)))  # asymmetric padding
+    nfold.unfold(x.half(), 3)
+    nfold.unfold(x[:, None], 3)  # N = 3
+    nfold.unfold(torch.zeros(64, 3, 32, 32), 3)  # 3.4 MB of output
+    assert calls == ["unfold", "fold"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=dtype_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", params(CASES_2D))
-def test_unfold_2d_equals_torch(case, layout, dtype):
+def test_unfold_2d_equals_torch(case, layout, dtype, engine):
     x = _layout(make_tensor(case.shape, dtype, seed=1), layout)
     expected = F.unfold(x, *case.args())
     assert torch.equal(nfold.unfold(x, *case.args()), expected)
@@ -145,7 +175,7 @@ def test_unfold_2d_equals_torch(case, layout, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, F64], ids=dtype_id)
 @pytest.mark.parametrize("layout", ["contiguous", "noncontiguous"])
 @pytest.mark.parametrize("case", params(CASES_2D))
-def test_fold_2d_equals_torch(case, layout, dtype):
+def test_fold_2d_equals_torch(case, layout, dtype, engine):
     # Random (inexact) values: bitwise equality needs torch's summation order.
     y = make_tensor(case.cols_shape(), dtype, seed=2)
     if layout == "noncontiguous":
@@ -591,12 +621,17 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
         (1 << 30, 1, True),
     ):
         rule = dataclasses.replace(
-            _plan.CPU, short_row=short_row, index_share=float("inf"), pad_chunk_bytes=chunk
+            _plan.CPU,
+            short_row=short_row,
+            index_share=float("inf"),
+            pad_chunk_bytes=chunk,
+            torch_below=0,
         )
         monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
         monkeypatch.setattr(
             _plan.Geometry, "disjoint", disjoint if fast else property(lambda g: False)
         )
+        _plan.clear_caches()  # plans hold the policy's and the disjoint decisions
         xr = x.clone().requires_grad_()
         out = nfold.unfold_transpose(xr, *transposed_args)
         (grad,) = torch.autograd.grad(out, xr, torch.ones_like(out).cumsum(-1).sin())
@@ -611,6 +646,9 @@ def test_fold_scatter_only_when_its_index_is_small(monkeypatch):
     index is small (policy.small_index, 64 KB: then one scatter beats an add per kernel
     offset, and its index is cached)."""
     patches = sys.modules["nfold.patches"]
+    rule = dataclasses.replace(_plan.CPU, torch_below=0)  # nfold's own fold, not F.fold
+    monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
+    _plan.clear_caches()
     calls = []
     real = patches._fold_scatter
     monkeypatch.setattr(patches, "_fold_scatter", lambda *a: calls.append(1) or real(*a))
@@ -791,7 +829,7 @@ def test_unfold_transpose_gradcheck_gradgradcheck(case):
 
 
 @pytest.mark.parametrize("case", params(CASES_2D[:12]))
-def test_unfold_backward_is_fold_2d_equals_torch(case):
+def test_unfold_backward_is_fold_2d_equals_torch(case, engine):
     x = make_tensor(case.shape, F64, seed=33).requires_grad_()
     g = make_tensor(case.cols_shape(), F64, seed=34)
     nfold.unfold(x, *case.args()).backward(g)
@@ -1024,9 +1062,11 @@ def test_zero_padding_in_chunks_is_bitwise_the_same(monkeypatch, budget, chunks,
     patches = sys.modules["nfold.patches"]
     x = _layout(make_tensor((3, 5, 6, 7), F64, seed=67), layout)
     kernel, dilation, pads, stride = (3, 2), (1, 2), ((1, 2), (0, 1)), (2, 1)
-    rule = dataclasses.replace(_plan.CPU, pad_chunk_bytes=budget)
+    rule = dataclasses.replace(_plan.CPU, pad_chunk_bytes=budget, torch_below=0)
     monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
-    assert len(patches._pad_chunks(x, pads)) == chunks  # padded planes are 9 x 8 x 8 bytes
+    _plan.clear_caches()  # plans are derived from the policy
+    plane = 9 * 8 * x.element_size()  # padded planes are 9 x 8 x 8 bytes
+    assert len(patches._pad_chunks(3, 5, plane, pads, rule)) == chunks
     out = nfold.unfold(x, kernel, dilation, pads, stride)
     assert torch.equal(out, ref_unfold(x, kernel, dilation, pads, stride))
     geom = _plan.Geometry(kernel, dilation, pads, stride)

@@ -74,7 +74,7 @@ class Geometry:
 # --------------------------------------------------------------------------- policy
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a cheap cache key
 class Policy:
     """Per-device tuning constants and determinism rule of the core.
 
@@ -91,6 +91,11 @@ class Policy:
         small_index: a fold whose input and index have at most this many bytes each
             scatters (one op instead of one strided add per kernel offset, which is what
             a small call costs; the index is cached).
+        torch_below: N = 2 unfold and fold calls whose output (unfold) or input (fold)
+            has at most this many bytes, in float32 or float64 with symmetric zero
+            padding, run torch's own ``F.unfold`` / ``F.fold``: the very same bits
+            (unfold copies; fold sums in the same order, and each is the other's
+            backward), at a C++ call's fixed cost, which is what such calls are bound by.
         ordered_scatter: ``scatter_add_`` adds each row's terms in index order (CPU), so
             it keeps torch's col2im summation order, bitwise; on GPUs it uses atomics
             (nondeterministic order), so fold never uses it there.
@@ -102,6 +107,7 @@ class Policy:
     short_row: int
     index_share: float
     small_index: int
+    torch_below: int
     ordered_scatter: bool
 
 
@@ -113,6 +119,7 @@ CPU = Policy(
     short_row=16,
     index_share=1 / 8,
     small_index=64 << 10,
+    torch_below=64 << 10,  # measured crossover: 36 KB torch faster, 288 KB nfold faster
     ordered_scatter=True,
 )
 #: Written down, not measured (no GPU is lent to this project): kernel launches, not
@@ -125,8 +132,11 @@ CUDA = Policy(
     short_row=0,
     index_share=0.0,
     small_index=0,
+    torch_below=0,  # torch's CUDA col2im need not sum in the CPU's order
     ordered_scatter=False,
 )
+#: Plans are cached and some are derived from these: after replacing one, call
+#: :func:`clear_caches`.
 POLICIES: dict[str, Policy] = {"cpu": CPU, "cuda": CUDA}
 
 
@@ -154,10 +164,13 @@ def _key(value: object) -> object:
 _CACHE_SIZE = 4096
 
 
-def memo(fn: Callable[..., _R]) -> Callable[..., _R]:
-    """Cache ``fn`` per distinct arguments (see :func:`_key`). Errors are not cached,
-    unhashable arguments skip the cache (``fn`` then raises the argument error), and
-    compiled code traces ``fn`` itself (its shapes may be symbolic)."""
+def memo(fn: Callable[..., _R] | None = None, *, maxsize: int = _CACHE_SIZE) -> Any:
+    """Cache ``fn`` per distinct arguments (see :func:`_key`), at most ``maxsize`` results
+    (then the cache starts over). Errors are not cached, unhashable arguments skip the
+    cache (``fn`` then raises the argument error), and compiled code traces ``fn`` itself
+    (its shapes may be symbolic). ``@memo`` or ``@memo(maxsize=...)``."""
+    if fn is None:
+        return functools.partial(memo, maxsize=maxsize)
     cache: dict[object, _R] = {}
 
     @functools.wraps(fn)
@@ -171,13 +184,23 @@ def memo(fn: Callable[..., _R]) -> Callable[..., _R]:
             pass
         except TypeError:  # unhashable
             return fn(*args)
-        if len(cache) >= _CACHE_SIZE:
+        if len(cache) >= maxsize:
             cache.clear()
         result = cache[key] = fn(*args)
         return result
 
     plan.cache_clear = cache.clear  # type: ignore[attr-defined]
+    _CACHES.append(cache)
     return plan
+
+
+_CACHES: list[dict[object, Any]] = []
+
+
+def clear_caches() -> None:
+    """Forget every cached plan (for tests that patch what plans are derived from)."""
+    for cache in _CACHES:
+        cache.clear()
 
 
 # --------------------------------------------------------------------------- arguments
@@ -213,6 +236,33 @@ def check_pad_mode(spatial: Sequence[int], pads: Pads, mode: str) -> None:
 # --------------------------------------------------------------------------- plans
 
 
+class TorchArgs(NamedTuple):
+    """``kernel_size, dilation, padding, stride`` of ``F.unfold`` / ``F.fold``."""
+
+    kernel_size: tuple[int, ...]
+    dilation: tuple[int, ...]
+    padding: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def torch_args(
+    geom: Geometry, dtype: torch.dtype, device: torch.device, batch: int, nbytes: int
+) -> TorchArgs | None:
+    """The arguments for torch's own op where it gives nfold's bits at a lower cost (see
+    :attr:`Policy.torch_below`), else None."""
+    if (
+        len(geom.kernel) != 2
+        or dtype not in (torch.float32, torch.float64)
+        or not 0 < nbytes <= policy(device).torch_below
+        or batch == 0
+        or geom.flip
+        or any(lo != hi for lo, hi in geom.padding)
+    ):
+        return None
+    pads = tuple(lo for lo, _ in geom.padding)
+    return TorchArgs(geom.kernel, geom.dilation, pads, geom.stride)
+
+
 class UnfoldPlan(NamedTuple):
     """``unfold`` of a ``(B, C, *S)`` input: pad ``mode_padding`` with ``mode`` (unless
     "zeros"), then im2col with ``geometry`` (zero padding) into ``blocks`` per dim."""
@@ -222,6 +272,7 @@ class UnfoldPlan(NamedTuple):
     mode: str
     mode_padding: Pads
     blocks: tuple[int, ...]
+    torch_args: TorchArgs | None  # run F.unfold with these (see Policy.torch_below)
 
 
 @memo
@@ -249,9 +300,12 @@ def unfold_plan(
     _args.check_alloc(dtype, device, "unfold", args,
                       padded_input=(b, c, *_args.padded_size(spatial, geom.padding)),
                       output=(b, c * math.prod(geom.kernel), math.prod(blocks)))  # fmt: skip
+    out_bytes = b * c * math.prod(geom.kernel) * math.prod(blocks) * dtype.itemsize
     if mode == "zeros":
-        return UnfoldPlan(batched, geom, mode, geom.unpadded().padding, blocks)
-    return UnfoldPlan(batched, geom.unpadded(), mode, geom.padding, blocks)
+        native = torch_args(geom, dtype, device, b, out_bytes)
+        return UnfoldPlan(batched, geom, mode, geom.unpadded().padding, blocks, native)
+    native = torch_args(geom.unpadded(), dtype, device, b, out_bytes)
+    return UnfoldPlan(batched, geom.unpadded(), mode, geom.padding, blocks, native)
 
 
 class FoldPlan(NamedTuple):
@@ -261,6 +315,7 @@ class FoldPlan(NamedTuple):
     geometry: Geometry
     output_size: tuple[int, ...]
     reduction: str
+    torch_args: TorchArgs | None  # run F.fold with these (see Policy.torch_below)
 
 
 @memo
@@ -306,7 +361,8 @@ def fold_plan(
     args = {"input.shape": tuple(shape), "output_size": spatial, "kernel_size": geom.kernel}
     output = (batch_shape[0], batch_shape[1] // k_numel, *spatial)
     _args.check_alloc(dtype, device, "fold", args, output=output)
-    return FoldPlan(len(shape) == 3, geom, spatial, mode)
+    native = torch_args(geom, dtype, device, batch_shape[0], math.prod(shape) * dtype.itemsize)
+    return FoldPlan(len(shape) == 3, geom, spatial, mode, native)
 
 
 class UnfoldTransposePlan(NamedTuple):

@@ -12,7 +12,6 @@ derivatives of every order are exact.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 from collections.abc import Sequence
@@ -72,15 +71,51 @@ def _blocks(x: torch.Tensor, geom: Geometry, blocks: Sequence[int]) -> torch.Ten
     return x.as_strided(size, stride, x.storage_offset())
 
 
-def _pad_chunks(x: torch.Tensor, pads: Pads) -> list[tuple[slice, slice]]:
-    """``(batch, channel)`` ranges of ``x`` whose zero-padded copy fits the device policy's
-    ``pad_chunk_bytes``, so unfold's peak memory is its output plus that, not plus a
-    padded copy of the whole input. ``[]``: all of ``x`` at once."""
-    batch, channels = x.shape[:2]
+class _UnfoldSteps(NamedTuple):
+    """How :func:`_unfold_forward` runs on one input shape and geometry."""
+
+    blocks: tuple[int, ...]  # L per spatial dim
+    pads: list[int] | None  # F.pad's flat list, None if unpadded
+    chunks: list[tuple[slice, slice]]  # (batch, channel) ranges padded one at a time; [] all
+    size: tuple[int, ...]  # the block view (B, C, *k, *L)
+    stride: tuple[int, ...]  # its strides on a contiguous (padded) input
+    shape: tuple[int, int, int]  # the result (B, C * prod(k), L)
+    direct: bool  # one (pad and) strided copy: no chunks, flip or rows_first
+
+
+@_plan.memo
+def _unfold_steps(
+    shape: torch.Size, item: int, rule: _plan.Policy, geom: Geometry, rows_first: bool
+) -> _UnfoldSteps:
+    batch, channels, spatial = shape[0], shape[1], tuple(shape[2:])
+    blocks = geom.blocks(spatial)
+    padded = _args.padded_size(spatial, geom.padding)
+    chunks = _pad_chunks(batch, channels, item * math.prod(padded), geom.padding, rule)
+    strides = [math.prod(padded[i + 1 :]) for i in range(len(padded))]
+    plane = math.prod(padded)
+    grid = [s * t for s, t in zip(strides, geom.stride, strict=True)]
+    offsets = [s * d for s, d in zip(strides, geom.dilation, strict=True)]
+    return _UnfoldSteps(
+        blocks,
+        [p for pair in reversed(geom.padding) for p in pair] if geom.padded else None,
+        chunks,
+        (batch, channels, *geom.kernel, *blocks),
+        (channels * plane, plane, *offsets, *grid),
+        (batch, channels * math.prod(geom.kernel), math.prod(blocks)),
+        not (chunks or geom.flip or rows_first),
+    )
+
+
+def _pad_chunks(
+    batch: int, channels: int, plane: int, pads: Pads, rule: _plan.Policy
+) -> list[tuple[slice, slice]]:
+    """``(batch, channel)`` ranges of the input (``plane``: bytes of one zero-padded plane)
+    whose zero-padded copy fits the device policy's ``pad_chunk_bytes``, so unfold's peak
+    memory is its output plus that, not plus a padded copy of the whole input. ``[]``:
+    all of it at once."""
     if not _args.has_padding(pads):
         return []
-    budget = _plan.policy(x.device).pad_chunk_bytes
-    plane = x.element_size() * math.prod(_args.padded_size(x.shape[2:], pads))
+    budget = rule.pad_chunk_bytes
     if plane * channels * batch <= budget:
         return []
     if plane * channels <= budget:
@@ -95,23 +130,24 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     """``(B, C, *S)`` -> ``(B, C * prod(k), L)``; with ``rows_first`` the result is laid out
     in memory as ``(C * prod(k), B, L)`` (same values, a transposed view), so that the
     batch can be merged into the columns of one GEMM without a copy."""
+    steps = _unfold_steps(x.shape, x.element_size(), _plan.policy(x.device), geom, rows_first)
+    if steps.direct:  # (pad and) one strided copy
+        part = x if steps.pads is None else F.pad(x, steps.pads)
+        if torch.compiler.is_compiling() or not part.is_contiguous():
+            blocks = _blocks(part, geom, steps.blocks)
+        else:
+            blocks = part.as_strided(steps.size, steps.stride, part.storage_offset())
+        return blocks.clone(memory_format=torch.contiguous_format).view(steps.shape)
     kernel, n = geom.kernel, len(geom.kernel)
     batch, channels = x.shape[:2]
-    outs = geom.blocks(tuple(x.shape[2:]))
-    rows, length = channels * math.prod(kernel), math.prod(outs)
-    flat_pads = [p for pair in reversed(geom.padding) for p in pair]
-    chunks = _pad_chunks(x, geom.padding)
-    if not (chunks or geom.flip or rows_first):  # (pad and) one strided copy
-        part = F.pad(x, flat_pads) if geom.padded else x
-        blocks = _blocks(part, geom, outs)
-        return blocks.clone(memory_format=torch.contiguous_format).view(batch, rows, length)
+    outs = steps.blocks
     if rows_first:
         shape = (channels, *kernel, batch, *outs)
         cols = torch.empty(shape, dtype=x.dtype, device=x.device).movedim(1 + n, 0)
     else:
         cols = torch.empty((batch, channels, *kernel, *outs), dtype=x.dtype, device=x.device)
-    for chunk in chunks or [(slice(None), slice(None))]:
-        part = F.pad(x[chunk], flat_pads) if geom.padded else x[chunk]
+    for chunk in steps.chunks or [(slice(None), slice(None))]:
+        part = x[chunk] if steps.pads is None else F.pad(x[chunk], steps.pads)
         blocks = _blocks(part, geom, outs)  # (b, c, *k, *L)
         dst = cols[chunk]
         if geom.flip:  # torch has no negative strides: copy one kernel offset at a time
@@ -122,7 +158,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
                 dst[to].copy_(blocks[src])
         else:
             dst.copy_(blocks)
-    return cols.view(batch, rows, length)
+    return cols.view(steps.shape)
 
 
 def _phase_plan(
@@ -144,7 +180,100 @@ def _phase_plan(
     return plan
 
 
-def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
+_Index = tuple[Any, ...]
+_Strided = tuple[tuple[int, ...], tuple[int, ...], int]  # as_strided's size, stride, offset
+# one strided add of fold: (dst, src) as indices and as views of contiguous tensors
+_Add = tuple[_Index, _Index, _Strided, _Strided]
+# a stride phase of fold: its buffer's spatial size (None: out itself), its adds in
+# row-major kernel-offset order, and where the buffer goes in out (None: it is out)
+_Phase = tuple[tuple[int, ...] | None, list[_Add], tuple[_Index, _Strided] | None]
+
+
+def _strided(shape: Sequence[int], index: _Index) -> _Strided:
+    """``index`` (ints and slices) of a contiguous tensor of ``shape`` as an as_strided view."""
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    size, stride, offset = [], [], 0
+    full = (*index, *(slice(None),) * (len(shape) - len(index)))
+    for n, st, ix in zip(shape, strides, full, strict=True):
+        if isinstance(ix, int):
+            offset += ix * st
+            continue
+        start, stop, step = ix.indices(n)
+        size.append(len(range(start, stop, step)))
+        stride.append(st * step)
+        offset += start * st
+    return tuple(size), tuple(stride), offset
+
+
+class _FoldSteps(NamedTuple):
+    """How :func:`_fold_forward` runs on one input shape and geometry."""
+
+    acc: torch.dtype  # the dtype sums are accumulated in
+    cols: tuple[int, ...]  # the input viewed as (B, C, *k, *L)
+    out: tuple[int, ...]  # (B, C, *spatial)
+    scatter: bool  # one scatter_add_ pass (else one strided add if disjoint, else phases)
+    padded: tuple[int, ...]  # spatial size of the scatter's zero-padded buffer
+    crop: tuple[slice, ...] | None  # where the output lies in that buffer (None: unpadded)
+    step: int  # planes per padded scatter chunk
+    disjoint: bool  # one strided add (blocks do not overlap)
+    phases: list[_Phase]  # else these phases (none for the scatter and disjoint paths)
+    positions: torch.Tensor | None  # the scatter's index where it is small (else built per call)
+
+
+@_plan.memo(maxsize=256)  # steps hold scatter indices of up to 64 KB: at most 16 MB
+def _fold_steps(
+    shape: torch.Size, dtype: torch.dtype, device: torch.device, rule: _plan.Policy,
+    contiguous: bool, spatial: tuple[int, ...], geom: Geometry,
+) -> _FoldSteps:  # fmt: skip
+    kernel = geom.kernel
+    blocks = geom.blocks(spatial)
+    batch, channels = shape[0], shape[1] // math.prod(kernel)
+    acc = torch.float32 if dtype in _LOW_PRECISION else dtype
+    scatter = _scatter_pays(shape, dtype, contiguous, blocks, acc, math.prod(kernel), rule)
+    padded = _args.padded_size(spatial, geom.padding)
+    crop = tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, geom.padding, strict=True))
+    step = max(1, rule.pad_chunk_bytes // (dtype.itemsize * math.prod(padded)))
+    phases = [] if scatter or geom.disjoint else _phases(spatial, blocks, geom, batch, channels)
+    small = 8 * math.prod(kernel) * math.prod(blocks) <= rule.small_index
+    index = _index(padded, geom, device) if scatter and small else None
+    return _FoldSteps(
+        acc, (batch, channels, *kernel, *blocks), (batch, channels, *spatial), scatter,
+        padded, crop if geom.padded else None, step, geom.disjoint, phases, index,
+    )  # fmt: skip
+
+
+def _phases(spatial: tuple[int, ...], blocks: tuple[int, ...], geom: Geometry, batch: int,
+             channels: int) -> list[_Phase]:  # fmt: skip
+    plans = [
+        _phase_plan(size, k, d, lo, s, nb, geom.flip)
+        for size, k, d, (lo, _), s, nb in zip(
+            spatial, geom.kernel, geom.dilation, geom.padding, geom.stride, blocks, strict=True
+        )
+    ]
+    strided = any(s > 1 for s in geom.stride)
+    cols = (batch, channels, *geom.kernel, *blocks)
+    everything = (slice(None), slice(None))
+    phases: list[_Phase] = []
+    for phase in itertools.product(*(sorted(plan.items()) for plan in plans)):
+        counts = tuple(count for _, (count, _) in phase)
+        buf = (batch, channels, *(counts if strided else spatial))
+        adds: list[_Add] = []
+        for offset in itertools.product(*(terms for _, (_, terms) in phase)):
+            src = (*everything, *(j for j, *_ in offset))
+            src += tuple(slice(first, last + 1) for _, first, last, _ in offset)
+            dst = (*everything, *(slice(first + t, last + t + 1) for _, first, last, t in offset))
+            adds.append((dst, src, _strided(buf, dst), _strided(cols, src)))
+        if strided:
+            steps = zip(phase, geom.stride, strict=True)
+            where = (*everything, *(slice(r, None, s) for (r, _), s in steps))
+            out = (batch, channels, *spatial)
+            phases.append((counts, adds, (where, _strided(out, where))))
+        else:
+            phases.append((None, adds, None))
+    return phases
+
+
+def _fold_scatter(y: torch.Tensor, steps: _FoldSteps, geom: Geometry) -> torch.Tensor:
     """fold as ``scatter_add_`` passes into a zero-padded buffer, cropped into the output,
     a chunk of planes at a time (so the padded copy never exceeds the policy's ``pad_chunk_bytes``).
 
@@ -152,51 +281,38 @@ def _fold_scatter(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     every output element still receives its blocks in row-major kernel-offset order,
     starting from zero: bitwise equal to the phase path.
     """
-    pads = geom.padding
-    padded = _args.padded_size(spatial, pads)
-    index = _scatter_index(padded, geom, y.device)
-    batch, channels = y.shape[0], y.shape[1] // math.prod(geom.kernel)
-    rows = batch * channels
-    src = y.view(rows, index.numel())
+    index = _index(steps.padded, geom, y.device) if steps.positions is None else steps.positions
+    rows, cells = steps.out[0] * steps.out[1], math.prod(steps.padded)
+    src = y.view(rows, index.shape[-1])
 
     def scatter(part: torch.Tensor) -> torch.Tensor:
-        buf = torch.zeros((part.shape[0], math.prod(padded)), dtype=y.dtype, device=y.device)
-        return buf.scatter_add_(1, index.view(1, -1).expand(part.shape[0], -1), part)
+        buf = torch.zeros((part.shape[0], cells), dtype=y.dtype, device=y.device)
+        return buf.scatter_add_(1, index.expand(part.shape[0], -1), part)
 
-    if not geom.padded:
-        return scatter(src).view(batch, channels, *spatial)
-    out = torch.empty((rows, *spatial), dtype=y.dtype, device=y.device)
-    crop: tuple[Any, ...] = tuple(
-        slice(lo, lo + s) for s, (lo, _) in zip(spatial, pads, strict=True)
-    )
-    budget = _plan.policy(y.device).pad_chunk_bytes
-    step = max(1, budget // (y.element_size() * math.prod(padded)))
-    for r in range(0, rows, step):
-        out[r : r + step] = scatter(src[r : r + step]).view(-1, *padded)[(slice(None), *crop)]
-    return out.view(batch, channels, *spatial)
+    if steps.crop is None:
+        return scatter(src).view(steps.out)
+    if steps.step >= rows:
+        part = scatter(src).view(rows, *steps.padded)[(slice(None), *steps.crop)]
+        return part.clone(memory_format=torch.contiguous_format).view(steps.out)
+    out = torch.empty((rows, *steps.out[2:]), dtype=y.dtype, device=y.device)
+    for r in range(0, rows, steps.step):
+        part = scatter(src[r : r + steps.step]).view(-1, *steps.padded)
+        out[r : r + steps.step] = part[(slice(None), *steps.crop)]
+    return out.view(steps.out)
 
 
 def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
-    """Where fold's scatter sends each column: ``(1, prod(k), L)`` flat positions of the
+    """Where fold's scatter sends each column: ``(1, prod(k) * L)`` flat positions of the
     padded output (the unfold of their arange)."""
     with torch.inference_mode(False), torch.no_grad():  # cached: must serve every mode
         positions = torch.arange(math.prod(padded), device=device).view(1, 1, *padded)
-        return _unfold_forward(positions, geom.unpadded())
+        return _unfold_forward(positions, geom.unpadded()).view(1, -1)
 
 
-_cached_index = functools.lru_cache(maxsize=64)(_index)
-
-
-def _scatter_index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
-    """:func:`_index`, cached per geometry when small (a small fold is then one
-    ``scatter_add_``); traced, not cached, under torch.compile."""
-    columns = math.prod(geom.kernel) * math.prod(geom.unpadded().blocks(padded))
-    if 8 * columns <= _plan.policy(device).small_index and not torch.compiler.is_compiling():
-        return _cached_index(padded, geom, device)
-    return _index(padded, geom, device)
-
-
-def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, kernel: int) -> bool:
+def _scatter_pays(
+    shape: torch.Size, dtype: torch.dtype, contiguous: bool, blocks: tuple[int, ...],
+    acc: torch.dtype, kernel: int, rule: _plan.Policy,
+) -> bool:  # fmt: skip
     """Whether fold takes one ``scatter_add_`` pass: only where scatter keeps the
     summation order, and either when its int64 index (8 bytes per column, shared by all
     planes) and the input are small (then one op beats a strided add per kernel
@@ -204,16 +320,13 @@ def _scatter_pays(y: torch.Tensor, blocks: tuple[int, ...], acc: torch.dtype, ke
     shorter than the policy's ``short_row`` (strided adds then cost more per row than a
     scatter per element: 1.5-2.2x for 6 and 8 blocks on CPU) when the index is at most
     ``index_share`` of the input."""
-    rule = _plan.policy(y.device)
-    if not (rule.ordered_scatter and y.is_contiguous() and y.dtype == acc != torch.complex32):
+    if not (rule.ordered_scatter and contiguous and dtype == acc != torch.complex32):
         return False
-    if (
-        8 * kernel * y.shape[2] <= rule.small_index
-        and y.numel() * y.element_size() <= rule.small_index
-    ):
+    item = dtype.itemsize
+    if 8 * kernel * shape[2] <= rule.small_index and math.prod(shape) * item <= rule.small_index:
         return True  # a small fold (fixed-cost bound); the index has prod(k) * L entries
-    planes = y.shape[0] * y.shape[1] // kernel
-    return blocks[-1] < rule.short_row and rule.index_share * planes * y.element_size() >= 8
+    planes = shape[0] * shape[1] // kernel
+    return blocks[-1] < rule.short_row and rule.index_share * planes * item >= 8
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
@@ -227,39 +340,31 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     """
     if y.dtype in _NO_ADD:
         return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
-    kernel = geom.kernel
-    blocks = geom.blocks(spatial)
-    batch = y.shape[0]
-    channels = y.shape[1] // math.prod(kernel)
-    acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
-    if _scatter_pays(y, blocks, acc, math.prod(kernel)):
-        return _fold_scatter(y, spatial, geom)
-    out = torch.zeros((batch, channels, *spatial), dtype=acc, device=y.device)
-    cols = y.reshape(batch, channels, *kernel, *blocks)
-    if geom.disjoint:  # each element gets at most one term, 0 + x: one strided add
-        _blocks(out, geom, blocks).add_(cols)
-        return out if acc == y.dtype else out.to(y.dtype)
-    plans = [
-        _phase_plan(size, k, d, lo, s, nb, geom.flip)
-        for size, k, d, (lo, _), s, nb in zip(
-            spatial, kernel, geom.dilation, geom.padding, geom.stride, blocks, strict=True
-        )
-    ]
-    strided = any(s > 1 for s in geom.stride)
-    for phase in itertools.product(*(sorted(plan.items()) for plan in plans)):
-        counts = [count for _, (count, _) in phase]
-        buf = out.new_zeros((batch, channels, *counts)) if strided else out
-        for offset in itertools.product(*(terms for _, (_, terms) in phase)):
-            src: list[Any] = [slice(None), slice(None), *(j for j, *_ in offset)]
-            dst: list[Any] = [slice(None), slice(None)]
-            for _, first, last, t in offset:
-                src.append(slice(first, last + 1))
-                dst.append(slice(first + t, last + t + 1))
-            buf[tuple(dst)].add_(cols[tuple(src)])
-        if strided:
-            phase_slice = (slice(r, None, s) for (r, _), s in zip(phase, geom.stride, strict=True))
-            out[(slice(None), slice(None), *phase_slice)] = buf
-    return out if acc == y.dtype else out.to(y.dtype)
+    rule = _plan.policy(y.device)
+    steps = _fold_steps(y.shape, y.dtype, y.device, rule, y.is_contiguous(), spatial, geom)
+    if steps.scatter:
+        return _fold_scatter(y, steps, geom)
+    out = torch.zeros(steps.out, dtype=steps.acc, device=y.device)
+    cols = y.reshape(steps.cols)
+    if steps.disjoint:  # each element gets at most one term, 0 + x: one strided add
+        _blocks(out, geom, steps.cols[2 + len(spatial) :]).add_(cols)
+    # views by precomputed strides (~1 us) rather than by indexing (~4 us each)
+    strided = cols.is_contiguous() and not torch.compiler.is_compiling()
+    base = cols.storage_offset() if strided else 0
+    for counts, adds, where in steps.phases:
+        buf = out if counts is None else out.new_zeros((*steps.out[:2], *counts))
+        for dst, src, (d_size, d_stride, d_at), (s_size, s_stride, s_at) in adds:
+            if strided:
+                term = cols.as_strided(s_size, s_stride, base + s_at)
+                buf.as_strided(d_size, d_stride, d_at).add_(term)
+            else:
+                buf[dst].add_(cols[src])
+        if where is not None:  # the phase's slice of out
+            if strided:
+                out.as_strided(*where[1]).copy_(buf)
+            else:
+                out[where[0]] = buf
+    return out if steps.acc == y.dtype else out.to(y.dtype)
 
 
 def _owning(t: torch.Tensor) -> torch.Tensor:
@@ -485,7 +590,10 @@ def unfold(
     x = x if plan.batched else x.unsqueeze(0)
     if plan.mode != "zeros":
         x = pad(x, plan.mode_padding, plan.mode)
-    out = _unfold(x, plan.geometry)
+    if plan.torch_args is not None:
+        out = F.unfold(x, *plan.torch_args)
+    else:
+        out = _unfold(x, plan.geometry)
     return out if plan.batched else out.squeeze(0)
 
 
@@ -524,7 +632,9 @@ def fold(
     )
     y = y if plan.batched else y.unsqueeze(0)
     geom, spatial = plan.geometry, plan.output_size
-    if plan.reduction == "sum":
+    if plan.reduction == "sum" and plan.torch_args is not None:
+        out = F.fold(y, spatial, *plan.torch_args)
+    elif plan.reduction == "sum":
         out = _fold(y, spatial, geom)
     else:
         # Summing c copies of x is exact in the wider type, so the mean of identical
