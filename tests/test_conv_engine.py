@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfold
-from nfold import _native, _reference, conv, conv_transpose
+from nfold import _native, _plan, _reference, conv, conv_transpose
 
 F64 = torch.float64
 REL = 1e-12
@@ -389,6 +389,7 @@ def test_autocast_bfloat16(n: int) -> None:
 @pytest.fixture
 def fresh_probe_cache(monkeypatch):
     monkeypatch.setattr(_native, "_NATIVE", {})
+    _plan.clear_caches()  # conv plans hold the probe's answer
 
 
 def test_fallback_to_gemm_where_torch_has_no_kernel(monkeypatch, fresh_probe_cache) -> None:
@@ -397,7 +398,7 @@ def test_fallback_to_gemm_where_torch_has_no_kernel(monkeypatch, fresh_probe_cac
     def missing(*args, **kwargs):
         raise NotImplementedError("conv3d not implemented for this dtype")
 
-    monkeypatch.setitem(_native._CONV, 3, missing)
+    monkeypatch.setitem(_native.CONV, 3, missing)
     monkeypatch.setitem(_native._CONV_TRANSPOSE, 3, missing)
     x, w, b = _case4d()
     assert torch.equal(conv(x, w, b, method="auto", **KW4), conv(x, w, b, method="gemm", **KW4))
@@ -454,7 +455,7 @@ def test_workspace_bounds_native_calls(transposed: bool, n: int, monkeypatch) ->
     unbounded = fn(x, w, method="auto", **kw)
     limit = 80_000 if transposed else 20_000  # fits one native slab (see _layouts)
     seen: list[int] = []
-    table = _native._CONV_TRANSPOSE if transposed else _native._CONV
+    table = _native._CONV_TRANSPOSE if transposed else _native.CONV
     real = table[3]
 
     def spy(inp, weight, *args):

@@ -45,7 +45,7 @@ from ._plan import Geometry
 from ._slabs import Param
 from .patches import _fold, pad, plain_call
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 # (device type, dtype, m, transposed) -> whether torch runs that conv, gradients included
@@ -64,7 +64,7 @@ def native(device: torch.device, dtype: torch.dtype, n: int, transposed: bool) -
 
 
 def _probe(device: torch.device, dtype: torch.dtype, m: int, transposed: bool) -> bool:
-    fn = (_CONV_TRANSPOSE if transposed else _CONV)[m]
+    fn = (_CONV_TRANSPOSE if transposed else CONV)[m]
     try:
         with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "ComplexHalf support is experimental"
@@ -131,7 +131,7 @@ def _conv(
     else:
         trail = tuple(lo for lo, _ in trail_pads)
     if not lead:
-        return _CONV[m](x, w, bias, stride, trail, dilation, groups)
+        return CONV[m](x, w, bias, stride, trail, dilation, groups)
     if _sum_offsets(x, w, groups):
         return _conv_sum(x, w, bias, stride, dilation, trail, groups)
     kernel = tuple(w.shape[2:])
@@ -151,7 +151,7 @@ def _conv(
         batch * math.prod(outs_lead), c_in * math.prod(kernel[:lead]), *spatial_trail
     )
     w_m = w.reshape(c_out, -1, *kernel[lead:])
-    y = _CONV[m](cols, w_m, bias, stride[lead:], trail, dilation[lead:], groups)
+    y = CONV[m](cols, w_m, bias, stride[lead:], trail, dilation[lead:], groups)
     y = y.view(batch, *outs_lead, c_out, *y.shape[2:])
     return y.movedim(1 + lead, 1).contiguous()
 
@@ -201,7 +201,7 @@ def _conv_sum(
             for j, d, s, o in zip(offset, dilation, stride, outs_lead, strict=False)
         )
         part = rows[index].reshape(math.prod(outs_lead) * batch, c_in, *x.shape[2 + lead :])
-        term = _CONV[
+        term = CONV[
             m
         ](
             part,

@@ -246,14 +246,14 @@ class TorchArgs(NamedTuple):
 
 
 def torch_args(
-    geom: Geometry, dtype: torch.dtype, device: torch.device, batch: int, nbytes: int
+    geom: Geometry, dtype: torch.dtype, rule: Policy, batch: int, nbytes: int
 ) -> TorchArgs | None:
     """The arguments for torch's own op where it gives nfold's bits at a lower cost (see
     :attr:`Policy.torch_below`), else None."""
     if (
         len(geom.kernel) != 2
         or dtype not in (torch.float32, torch.float64)
-        or not 0 < nbytes <= policy(device).torch_below
+        or not 0 < nbytes <= rule.torch_below
         or batch == 0
         or geom.flip
         or any(lo != hi for lo, hi in geom.padding)
@@ -302,9 +302,9 @@ def unfold_plan(
                       output=(b, c * math.prod(geom.kernel), math.prod(blocks)))  # fmt: skip
     out_bytes = b * c * math.prod(geom.kernel) * math.prod(blocks) * dtype.itemsize
     if mode == "zeros":
-        native = torch_args(geom, dtype, device, b, out_bytes)
+        native = torch_args(geom, dtype, policy(device), b, out_bytes)
         return UnfoldPlan(batched, geom, mode, geom.unpadded().padding, blocks, native)
-    native = torch_args(geom.unpadded(), dtype, device, b, out_bytes)
+    native = torch_args(geom.unpadded(), dtype, policy(device), b, out_bytes)
     return UnfoldPlan(batched, geom.unpadded(), mode, geom.padding, blocks, native)
 
 
@@ -361,7 +361,8 @@ def fold_plan(
     args = {"input.shape": tuple(shape), "output_size": spatial, "kernel_size": geom.kernel}
     output = (batch_shape[0], batch_shape[1] // k_numel, *spatial)
     _args.check_alloc(dtype, device, "fold", args, output=output)
-    native = torch_args(geom, dtype, device, batch_shape[0], math.prod(shape) * dtype.itemsize)
+    nbytes = math.prod(shape) * dtype.itemsize
+    native = torch_args(geom, dtype, policy(device), batch_shape[0], nbytes)
     return FoldPlan(len(shape) == 3, geom, spatial, mode, native)
 
 

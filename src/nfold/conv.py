@@ -42,27 +42,30 @@ from .patches import Variants, _fold, _owning, _unfold, pad
 
 
 def _operands(
-    input: object, weight: object, bias: object, fn: str
+    input: object, weight: object, bias: object
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Types and dtypes of ``input``, ``weight``, ``bias``, cast as autocast casts them."""
+    """``input``, ``weight``, ``bias`` checked to be tensors, cast as autocast casts them
+    for torch's conv (its lower-precision op list); :func:`_check_dtypes` checks dtypes."""
     x = _args.check_tensor(input, "input")
     w = _args.check_tensor(weight, "weight")
     b = None if bias is None else _args.check_tensor(bias, "bias")
     device = x.device.type
-    # Cast as autocast does for torch's conv (its lower-precision op list).
     if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
         low = torch.get_autocast_dtype(device)
         x, w = _autocast(x, low), _autocast(w, low)
         b = None if b is None else _autocast(b, low)
-    for name, t in (("input", x), ("weight", w), ("bias", b)):
-        if t is not None and not (t.is_floating_point() or t.is_complex()):
-            raise TypeError(
-                f"{fn} needs floating or complex tensors, got {name} of dtype {t.dtype}"
-            )
-    for name, t in (("weight", w), ("bias", b)):
-        if t is not None and t.dtype != x.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} must match input dtype {x.dtype}")
     return x, w, b
+
+
+def _check_dtypes(dtypes: dict[str, torch.dtype | None], fn: str) -> None:
+    """Floating or complex, and weight and bias of the input's dtype."""
+    for name, dtype in dtypes.items():
+        if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(f"{fn} needs floating or complex tensors, got {name} of dtype {dtype}")
+    for name in ("weight", "bias"):
+        dtype = dtypes[name]
+        if dtype is not None and dtype != dtypes["input"]:
+            raise TypeError(f"{name} dtype {dtype} must match input dtype {dtypes['input']}")
 
 
 def _ranks(
@@ -162,11 +165,29 @@ def _tiles(x: torch.Tensor, sample_bytes: int, expands: bool = True) -> list[tup
     backward, unfold -> GEMM and GEMM -> fold) run while the tile is still in cache.
     Tiles split the batch only, so every sample sees the very same GEMMs whatever the
     tile size: results do not depend on it."""
-    batch = x.shape[0]
+    return _tile_ranges(x.shape[0], sample_bytes, expands, _plan.policy(x.device))
+
+
+@_plan.memo
+def _tile_ranges(
+    batch: int, sample_bytes: int, expands: bool, rule: _plan.Policy
+) -> list[tuple[int, int]]:
     if not expands:
         return [(0, batch)]
-    step = max(1, _plan.policy(x.device).tile_bytes // max(sample_bytes, 1))
+    step = max(1, rule.tile_bytes // max(sample_bytes, 1))
     return [(i, min(step, batch - i)) for i in range(0, batch, step)] or [(0, 0)]
+
+
+@_plan.memo
+def _forward_steps(
+    x_shape: torch.Size, item: int, c_out: int, spec: ConvSpec
+) -> tuple[tuple[int, ...], int, int, bool]:
+    """conv's forward on one slab: (output positions per dim, their number, bytes of one
+    sample's unfolded matrix, whether it expands the input)."""
+    outs = spec.geometry.blocks(tuple(x_shape[2:]))
+    length = math.prod(outs)
+    sample = x_shape[1] * math.prod(spec.geometry.kernel) * length * item
+    return outs, length, sample, _expands(spec.geometry.kernel, x_shape[2:], length)
 
 
 def _cat(pieces: list[torch.Tensor]) -> torch.Tensor:
@@ -192,16 +213,20 @@ def _conv_cols(x: torch.Tensor, geom: Geometry, g: int, length: int) -> torch.Te
 
 
 def _conv_forward(x: torch.Tensor, w: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
-    geom, g = spec.geometry, spec.groups
-    outs = geom.blocks(tuple(x.shape[2:]))
-    length, c_out = math.prod(outs), w.shape[0]
+    geom, g, c_out = spec.geometry, spec.groups, w.shape[0]
+    outs, length, sample, expands = _forward_steps(x.shape, x.element_size(), c_out, spec)
     w_mat = w.reshape(g, c_out // g, -1)
-    sample = x.shape[1] * math.prod(geom.kernel) * length * x.element_size()
-    pieces = [
-        _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
-        for i, n in _tiles(x, sample, _expands(geom.kernel, x.shape[2:], length))
-    ]
-    return _cat(pieces).reshape(x.shape[0], c_out, *outs)
+    tiles = _tiles(x, sample, expands)
+    if len(tiles) == 1:
+        out = _weight_matmul(w_mat, _conv_cols(x, geom, g, length))
+    else:
+        out = torch.cat(
+            [
+                _weight_matmul(w_mat, _conv_cols(x.narrow(0, i, n), geom, g, length))
+                for i, n in tiles
+            ]
+        )
+    return out.reshape(x.shape[0], c_out, *outs)
 
 
 def _conv_backward(
@@ -371,17 +396,21 @@ class _ConvPlan(NamedTuple):
     one_position: int
     layout: ConvSlabs
     native: NativeConvSlabs
-    auto: bool  # method "auto" (native where torch has a kernel, see _native.native)
+    auto: bool  # method "auto" where torch has a kernel (see _native.native)
+    direct: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int] | None
+    # torch's conv{N}d's (stride, padding, dilation, groups) when "auto" is just that call
 
 
 @_plan.memo
 def _conv_plan(
     x_shape: torch.Size, dtype: torch.dtype, device: torch.device, w_shape: torch.Size,
-    b_shape: torch.Size | None, stride: object, padding: object, dilation: object,
-    groups: object, padding_mode: object, max_workspace_bytes: object, method: object,
+    w_dtype: torch.dtype, b_shape: torch.Size | None, b_dtype: torch.dtype | None,
+    stride: object, padding: object, dilation: object, groups: object, padding_mode: object,
+    max_workspace_bytes: object, method: object,
 ) -> _ConvPlan:  # fmt: skip
     """Every argument check of ``conv`` that does not need tensor values, once per
     distinct call signature."""
+    _check_dtypes({"input": dtype, "weight": w_dtype, "bias": b_dtype}, "conv")
     sizes: dict[str, object] = {"stride": stride, "padding": padding, "dilation": dilation}
     n, batched = _ranks(x_shape, w_shape, sizes, "conv")
     x_batched = tuple(x_shape) if batched else (1, *x_shape)
@@ -430,12 +459,16 @@ def _conv_plan(
     )
     # C_in = 0: torch's eager conv returns 0 channels, against its own shape rule
     # (pytorch/pytorch#101356); the gemm path gives (B, C_out, *L), zeros plus the bias
-    auto = method == "auto" and c_in > 0
+    auto = method == "auto" and c_in > 0 and _native.native(device, dtype, n, transposed=False)
     if auto and limit is not None:  # "gemm" where one native slab cannot fit the limit
         auto = native.cost(1, one_rows, ((0, 0),) * n, (1,) * n) <= limit
+    direct = None
+    if auto and n <= 3 and mode == "zeros" and limit is None and all(a == z for a, z in pads):
+        direct = (st, tuple(a for a, _ in pads), dil, g)  # torch's own conv, as it is
     return _ConvPlan(
-        batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native, auto
-    )
+        batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native, auto,
+        direct,
+    )  # fmt: skip
 
 
 def conv(
@@ -486,10 +519,13 @@ def conv(
     >>> conv(x, w, stride=2, padding=1, groups=2).shape
     torch.Size([2, 6, 3, 3, 4])
     """
-    x, w, b = _operands(input, weight, bias, "conv")
-    b_shape = None if b is None else b.shape
-    p = _conv_plan(x.shape, x.dtype, x.device, w.shape, b_shape, stride, padding, dilation,
-                   groups, padding_mode, max_workspace_bytes, method)  # fmt: skip
+    x, w, b = _operands(input, weight, bias)
+    b_shape, b_dtype = (None, None) if b is None else (b.shape, b.dtype)
+    p = _conv_plan(x.shape, x.dtype, x.device, w.shape, w.dtype, b_shape, b_dtype,
+                   stride, padding, dilation, groups, padding_mode, max_workspace_bytes,
+                   method)  # fmt: skip
+    if p.direct is not None:
+        return _native.CONV[p.n](x, w, b, *p.direct)
     x = x if p.batched else x.unsqueeze(0)
     n, kernel, st, dil, pads, mode, g, outs, limit = (
         p.n,
@@ -502,7 +538,7 @@ def conv(
         p.outs,
         p.limit,
     )
-    if p.auto and _native.native(x.device, x.dtype, n, transposed=False):
+    if p.auto:
         out = _native.conv(x, w, b, st, dil, pads, mode, g, limit, p.native)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
@@ -574,7 +610,11 @@ def conv_transpose(
         "output_padding": output_padding,
         "dilation": dilation,
     }
-    x, w, b = _operands(input, weight, bias, "conv_transpose")
+    x, w, b = _operands(input, weight, bias)
+    _check_dtypes(
+        {"input": x.dtype, "weight": w.dtype, "bias": None if b is None else b.dtype},
+        "conv_transpose",
+    )
     n, batched = _ranks(x.shape, w.shape, sizes, "conv_transpose")
     x = x if batched else x.unsqueeze(0)
     kernel = tuple(w.shape[2:])

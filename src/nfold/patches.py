@@ -81,15 +81,19 @@ class _UnfoldSteps(NamedTuple):
     stride: tuple[int, ...]  # its strides on a contiguous (padded) input
     shape: tuple[int, int, int]  # the result (B, C * prod(k), L)
     direct: bool  # one (pad and) strided copy: no chunks, flip or rows_first
+    torch_args: _plan.TorchArgs | None  # or torch's F.unfold (Policy.torch_below)
 
 
 @_plan.memo
 def _unfold_steps(
-    shape: torch.Size, item: int, rule: _plan.Policy, geom: Geometry, rows_first: bool
+    shape: torch.Size, dtype: torch.dtype, rule: _plan.Policy, geom: Geometry, rows_first: bool
 ) -> _UnfoldSteps:
     batch, channels, spatial = shape[0], shape[1], tuple(shape[2:])
+    item = dtype.itemsize
     blocks = geom.blocks(spatial)
     padded = _args.padded_size(spatial, geom.padding)
+    out_bytes = batch * channels * math.prod(geom.kernel) * math.prod(blocks) * item
+    native = None if rows_first else _plan.torch_args(geom, dtype, rule, batch, out_bytes)
     chunks = _pad_chunks(batch, channels, item * math.prod(padded), geom.padding, rule)
     strides = [math.prod(padded[i + 1 :]) for i in range(len(padded))]
     plane = math.prod(padded)
@@ -103,6 +107,7 @@ def _unfold_steps(
         (channels * plane, plane, *offsets, *grid),
         (batch, channels * math.prod(geom.kernel), math.prod(blocks)),
         not (chunks or geom.flip or rows_first),
+        native,
     )
 
 
@@ -130,7 +135,9 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     """``(B, C, *S)`` -> ``(B, C * prod(k), L)``; with ``rows_first`` the result is laid out
     in memory as ``(C * prod(k), B, L)`` (same values, a transposed view), so that the
     batch can be merged into the columns of one GEMM without a copy."""
-    steps = _unfold_steps(x.shape, x.element_size(), _plan.policy(x.device), geom, rows_first)
+    steps = _unfold_steps(x.shape, x.dtype, _plan.policy(x.device), geom, rows_first)
+    if steps.torch_args is not None:
+        return F.unfold(x, *steps.torch_args)
     if steps.direct:  # (pad and) one strided copy
         part = x if steps.pads is None else F.pad(x, steps.pads)
         if torch.compiler.is_compiling() or not part.is_contiguous():
@@ -218,6 +225,7 @@ class _FoldSteps(NamedTuple):
     disjoint: bool  # one strided add (blocks do not overlap)
     phases: list[_Phase]  # else these phases (none for the scatter and disjoint paths)
     positions: torch.Tensor | None  # the scatter's index where it is small (else built per call)
+    torch_args: _plan.TorchArgs | None  # or torch's F.fold (Policy.torch_below)
 
 
 @_plan.memo(maxsize=256)  # steps hold scatter indices of up to 64 KB: at most 16 MB
@@ -239,6 +247,7 @@ def _fold_steps(
     return _FoldSteps(
         acc, (batch, channels, *kernel, *blocks), (batch, channels, *spatial), scatter,
         padded, crop if geom.padded else None, step, geom.disjoint, phases, index,
+        _plan.torch_args(geom, dtype, rule, batch, math.prod(shape) * dtype.itemsize),
     )  # fmt: skip
 
 
@@ -342,6 +351,8 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
         return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
     rule = _plan.policy(y.device)
     steps = _fold_steps(y.shape, y.dtype, y.device, rule, y.is_contiguous(), spatial, geom)
+    if steps.torch_args is not None:
+        return F.fold(y, spatial, *steps.torch_args)
     if steps.scatter:
         return _fold_scatter(y, steps, geom)
     out = torch.zeros(steps.out, dtype=steps.acc, device=y.device)
