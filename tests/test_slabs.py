@@ -8,9 +8,12 @@ import itertools
 import math
 
 import pytest
+import torch
+import torch.nn.functional as F
 
-from nfold import _slabs
-from nfold._layouts import ConvSlabs, ConvTransposeSlabs
+import nfold
+from nfold import _native, _slabs
+from nfold._layouts import ConvSlabs, ConvTransposeSlabs, NativeConvSlabs
 
 # (layout, batch, input spatial, params, output spatial)
 CONV = ConvSlabs((3, 2), (1, 2), (2, 1), c_in=4, c_out=6, groups=2, item=8, weight_numel=48)
@@ -65,3 +68,93 @@ def test_conv_slab_reads_the_rows_its_outputs_need():
     assert (start, length, lo, hi) == (0, 2, 1, 0)  # output 0 starts in the padding
     start, length, (lo, hi) = CONV.rows(0, 9, (1, 2), 4, 5)
     assert (start, length, lo, hi) == (7, 2, 0, 1)  # output 4 ends in the padding
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _conv_leaf(w: torch.Tensor):  # type: ignore[no-untyped-def]
+    """CONV's op on one slab: zero-pad by the slab's params, then torch's conv."""
+
+    def leaf(part, params, outs):  # type: ignore[no-untyped-def]
+        flat = [p for pair in reversed(params) for p in pair]
+        out = F.conv2d(F.pad(part, flat), w, None, CONV.stride, 0, CONV.dilation, CONV.groups)
+        assert tuple(out.shape[2:]) == tuple(outs)
+        return out
+
+    return leaf
+
+
+@pytest.mark.parametrize("budget", [600, 3000, 8000])
+def test_run_into_one_output_equals_concatenation(budget):
+    """Without an autograd graph, slabs are copied into one preallocated output (peak: the
+    output plus one slab) instead of concatenated: the same bits, and only with > 1 slab."""
+    _, batch, spatial, params, outs = CASES["conv"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, CONV.c_in, *spatial, generator=gen, dtype=torch.float64)
+    w = torch.randn(CONV.c_out, CONV.c_in // CONV.groups, *CONV.kernel, generator=gen,
+                    dtype=torch.float64)  # fmt: skip
+    slabs = _slabs.plan(batch, spatial, params, outs, budget, CONV)
+    assert len(slabs) > 1
+    cat = _slabs.run(x, slabs, params, outs, _conv_leaf(w))
+    into = _slabs.run(x, slabs, params, outs, _conv_leaf(w), into=True)
+    assert torch.equal(into, cat) and into.is_contiguous()
+    whole = _conv_leaf(w)(x, params, outs)
+    torch.testing.assert_close(into, whole, rtol=1e-14, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- "auto"
+
+
+def _native_layout(dtype: torch.dtype, c_in: int = 16, c_out: int = 16) -> NativeConvSlabs:
+    sizes = ((3, 3, 3), (1, 1, 1), (1, 1, 1), c_in, c_out, 1, dtype.itemsize, c_out * c_in * 27)
+    return NativeConvSlabs(*sizes, torch.device("cpu"), dtype, False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("c_out", [16, 8])
+def test_native_cost_counts_what_torchs_kernel_holds(c_out):
+    """A slab's cost for "auto" is its padded input and output plus what torch's chosen
+    kernel holds: slow_conv3d (float64 here) one sample's im2col matrix; oneDNN
+    (float32) its blocked copies (channels rounded up to 16; none for the output when
+    its channels are a multiple of 16)."""
+    spatial, params, outs = (24, 24, 24), ((1, 1),) * 3, (24, 24, 24)
+    padded, cells = 26**3, 24**3
+    for dtype in (torch.float64, torch.float32):
+        select = torch._C._select_conv_backend
+        x = torch.empty((), dtype=dtype).expand(2, 16, 26, 26, 26)
+        w = torch.empty((), dtype=dtype).expand(c_out, 16, 3, 3, 3)
+        backend = select(x, w, None, [1] * 3, [0] * 3, [1] * 3, False, [0] * 3, 1, None).name
+        ours = 16 * padded + c_out * cells
+        if dtype == torch.float64:
+            assert backend.startswith("Slow")
+            held = 16 * 27 * cells  # one sample's
+        else:
+            assert backend == "Mkldnn"  # (a batch of 1 this small gets slow_conv3d)
+            held = 2 * (16 * padded + (16 * cells if c_out % 16 else 0))
+        got = _native_layout(dtype, c_out=c_out).cost(2, spatial, params, outs)
+        assert got == dtype.itemsize * (2 * ours + held)
+
+
+def test_native_slabs_keep_torchs_fast_kernel(monkeypatch):
+    """A limit that the whole float32 3-d conv fits (oneDNN holds no im2col matrix) runs
+    one native call; slabs cut only where the limit needs them, every call within it
+    (counting what oneDNN holds), equal to the unbounded result."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 16, 24, 24, 24, generator=gen)
+    w = torch.randn(16, 16, 3, 3, 3, generator=gen)
+    layout = _native_layout(torch.float32)
+    whole = layout.cost(2, (24, 24, 24), ((1, 1),) * 3, (24, 24, 24))
+    calls: list[tuple[int, ...]] = []
+    real = _native._conv
+    monkeypatch.setattr(_native, "_conv", lambda x, *a: calls.append(x.shape) or real(x, *a))
+    unbounded = nfold.conv(x, w, padding=1)
+    assert calls == []  # without a limit: torch's conv3d directly
+    assert torch.equal(nfold.conv(x, w, padding=1, max_workspace_bytes=whole), unbounded)
+    assert len(calls) == 1
+    calls.clear()
+    bounded = nfold.conv(x, w, padding=1, max_workspace_bytes=whole // 3)
+    assert len(calls) > 1
+    # batch-1 slabs run slow_conv3d, the whole batch oneDNN: other summation orders of
+    # 432 float32 terms, so equal to round-off in norm (elementwise near-cancellation
+    # can differ by more relative to a tiny element)
+    assert ((bounded - unbounded).norm() / unbounded.norm()).item() < 1e-6
