@@ -24,11 +24,15 @@ nfold; missing a target is reported, not an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from nfold import _plan
 from nfold.bench import cli, machine, render, suite, timing
 
 FIXED_TARGET = 2.5
@@ -101,6 +105,19 @@ def render_targets(results: list[tuple[suite.Row, dict[str, Any], str]]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
+@contextlib.contextmanager
+def own_path() -> Iterator[None]:
+    """nfold's own unfold / fold even where Policy.torch_below would call torch's."""
+    saved = _plan.POLICIES["cpu"]
+    _plan.POLICIES["cpu"] = dataclasses.replace(saved, torch_below=0)
+    _plan.clear_caches()
+    try:
+        yield
+    finally:
+        _plan.POLICIES["cpu"] = saved
+        _plan.clear_caches()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("fixed", "layers"), help="one section")
@@ -141,12 +158,25 @@ def _run(args: argparse.Namespace) -> int:
         record = timing.bench_row(row, args.min_run_time, peers=peers)
         results.append((row, record, against))
         cli.progress(f"[{i}/{len(rows)}] {row.id}")
+    own = []
+    if args.only in (None, "fixed"):  # the same calls without torch's kernels
+        with own_path():
+            for row in suite.fixed_cost_rows():
+                if row.call in ("unfold", "fold"):
+                    own.append((row, timing.bench_row(row, args.min_run_time), "torch"))
     print(
         f"torch {meta['torch']}, nfold {meta['nfold']}, {meta['usable_cores']} usable cores, "
         f"{torch.get_num_threads()} torch threads (fixed cost: 1), load average "
         f"{machine.load_average()}; ratio = nfold time / baseline time\n"
     )
     print(render_targets(results))
+    if own:
+        print(
+            "\n### nfold's own path (Policy.torch_below = 0), for information\n\n"
+            "Small N = 2 float32/float64 calls run torch's F.unfold / F.fold (the same bits);"
+            " these are the same calls through nfold's own code, the cost every other N pays."
+        )
+        print("\n" + "\n".join(render_targets(own).splitlines()[:-2]))
     if warning or machine.busy_warning():
         print("\n(the machine was busy: these ratios are unreliable)")
     bad = [row.id for row, rec, _ in results if any(m != "ok" for m in rec["check"].values())]
