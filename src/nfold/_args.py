@@ -348,16 +348,16 @@ def check_conv_alloc(
 
 
 def check_conv_transpose_alloc(
-    x: torch.Tensor, c_out: int, kernel: tuple[int, ...], stride: tuple[int, ...],
-    padding: tuple[int, ...], output_padding: tuple[int, ...], dilation: tuple[int, ...],
-    chunked: bool,
+    x_shape: Sequence[int], dtype: torch.dtype, device: torch.device, c_out: int,
+    kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],
+    output_padding: tuple[int, ...], dilation: tuple[int, ...], chunked: bool,
 ) -> None:  # fmt: skip
     """``conv_transpose``'s column matrix (unless chunked) and output fit."""
-    spatial, b = tuple(x.shape[2:]), x.shape[0]
+    spatial, b = tuple(x_shape[2:]), x_shape[0]
     outs = transpose_output_size(spatial, kernel, stride, padding, output_padding, dilation)
     shapes = {"output": (b, c_out, *outs)}
     if not chunked:
         shapes["columns"] = (b, c_out * math.prod(kernel), math.prod(spatial))
-    args = {"input.shape": tuple(x.shape), "kernel_size": kernel, "stride": stride,
+    args = {"input.shape": tuple(x_shape), "kernel_size": kernel, "stride": stride,
             "padding": padding, "output_padding": output_padding, "dilation": dilation}  # fmt: skip
-    check_alloc(x.dtype, x.device, "conv_transpose", args, **shapes)
+    check_alloc(dtype, device, "conv_transpose", args, **shapes)

@@ -561,6 +561,110 @@ def conv(
 # --------------------------------------------------------------------------- conv_transpose
 
 
+class _ConvTransposePlan(NamedTuple):
+    """One ``conv_transpose`` call's validated arguments (see :func:`_conv_transpose_plan`)."""
+
+    batched: bool
+    n: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    output_padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    c_out: int
+    outs: tuple[int, ...]
+    limit: int | None
+    one_position: int
+    layout: ConvTransposeSlabs
+    native: NativeConvTransposeSlabs
+    auto: bool  # method "auto" where torch has a kernel that fits the limit
+    empty: bool  # the result has no elements
+
+
+@_plan.memo
+def _conv_transpose_plan(
+    x_shape: torch.Size, dtype: torch.dtype, device: torch.device, w_shape: torch.Size,
+    w_dtype: torch.dtype, b_shape: torch.Size | None, b_dtype: torch.dtype | None,
+    stride: object, padding: object, output_padding: object, groups: object, dilation: object,
+    output_size: object, max_workspace_bytes: object, method: object,
+) -> _ConvTransposePlan:  # fmt: skip
+    """Every argument check of ``conv_transpose`` that does not need tensor values, once
+    per distinct call signature."""
+    _check_dtypes({"input": dtype, "weight": w_dtype, "bias": b_dtype}, "conv_transpose")
+    sizes: dict[str, object] = {
+        "stride": stride,
+        "padding": padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+    }
+    n, batched = _ranks(x_shape, w_shape, sizes, "conv_transpose")
+    x_batched = tuple(x_shape) if batched else (1, *x_shape)
+    kernel = tuple(w_shape[2:])
+    st = _args.ntuple(stride, n, "stride")
+    pad_ = _args.ntuple(padding, n, "padding", min_value=0)
+    out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
+    dil = _args.ntuple(dilation, n, "dilation")
+    method = _args.choice(method, "method", _METHODS)
+    c_in = x_batched[1]
+    if c_in != w_shape[0]:
+        raise ValueError(
+            f"input has {c_in} channels but weight of shape {tuple(w_shape)} expects "
+            f"weight.shape[0] = {w_shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
+        )
+    g = _args.groups(groups, **{"input channels (C_in)": c_in})
+    c_out = w_shape[1] * g
+    _check_bias(b_shape, c_out)
+    spatial = tuple(x_batched[2:])
+    if c_in == 0 or c_out == 0:  # as torch's conv_transpose
+        raise ValueError(
+            f"weight must have C_in >= 1 and C_out/groups >= 1 (dims 0 and 1), got shape "
+            f"{tuple(w_shape)}"
+        )
+    if x_batched[0] and 0 in spatial:  # as torch's conv_transpose
+        raise ValueError(
+            f"input must have non-empty spatial dims unless the batch is empty, got shape "
+            f"{tuple(x_shape)}"
+        )
+    if output_size is not None:
+        derived = _args.output_padding_for(spatial, output_size, kernel, st, pad_, dil)
+        if any(out_pad) and out_pad != derived:
+            raise ValueError(
+                f"output_padding={out_pad} contradicts output_size={output_size!r}, which "
+                f"needs output_padding={derived}; give only one of them"
+            )
+        out_pad = derived
+    outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
+    limit = _args.workspace(max_workspace_bytes)
+    span = _args.span(kernel, dil)
+    k_numel, item = math.prod(kernel), dtype.itemsize
+    sizes_ = (kernel, dil, st, c_in, c_out, g, item, math.prod(w_shape))
+    layout = ConvTransposeSlabs(*sizes_)
+    rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
+    one = layout.cost(1, rows, (0,) * n, (1,) * n)
+    if limit is not None and one > limit:
+        raise ValueError(
+            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
+            f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
+            f"of {item} bytes per contributing input position, up to {math.prod(rows)})"
+        )
+    _args.check_conv_transpose_alloc(
+        x_batched, dtype, device, c_out, kernel, st, pad_, out_pad, dil, limit is not None
+    )
+    empty = x_batched[0] == 0 or 0 in outs
+    native = NativeConvTransposeSlabs(*sizes_, device, dtype, b_shape is not None)
+    auto = (
+        method == "auto"
+        and not empty
+        and _native.native(device, dtype, n, transposed=True)
+        and (limit is None or native.cost(1, rows, (0,) * n, (1,) * n) <= limit)
+    )
+    return _ConvTransposePlan(
+        batched, n, kernel, st, pad_, out_pad, dil, g, c_out, outs, limit, one, layout,
+        native, auto, empty,
+    )  # fmt: skip
+
+
 def conv_transpose(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -604,83 +708,27 @@ def conv_transpose(
     >>> conv_transpose(x, w, stride=2, output_padding=1).shape
     torch.Size([2, 3, 12])
     """
-    sizes: dict[str, object] = {
-        "stride": stride,
-        "padding": padding,
-        "output_padding": output_padding,
-        "dilation": dilation,
-    }
     x, w, b = _operands(input, weight, bias)
-    _check_dtypes(
-        {"input": x.dtype, "weight": w.dtype, "bias": None if b is None else b.dtype},
-        "conv_transpose",
-    )
-    n, batched = _ranks(x.shape, w.shape, sizes, "conv_transpose")
-    x = x if batched else x.unsqueeze(0)
-    kernel = tuple(w.shape[2:])
-    st = _args.ntuple(stride, n, "stride")
-    pad_ = _args.ntuple(padding, n, "padding", min_value=0)
-    out_pad = _args.ntuple(output_padding, n, "output_padding", min_value=0)
-    dil = _args.ntuple(dilation, n, "dilation")
-    method = _args.choice(method, "method", _METHODS)
-    c_in = x.shape[1]
-    if c_in != w.shape[0]:
-        raise ValueError(
-            f"input has {c_in} channels but weight of shape {tuple(w.shape)} expects "
-            f"weight.shape[0] = {w.shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
-        )
-    g = _args.groups(groups, **{"input channels (C_in)": c_in})
-    c_out = w.shape[1] * g
-    _check_bias(None if b is None else b.shape, c_out)
-    spatial = tuple(x.shape[2:])
-    if c_in == 0 or c_out == 0:  # as torch's conv_transpose
-        raise ValueError(
-            f"weight must have C_in >= 1 and C_out/groups >= 1 (dims 0 and 1), got shape "
-            f"{tuple(w.shape)}"
-        )
-    if x.shape[0] and 0 in spatial:  # as torch's conv_transpose
-        raise ValueError(
-            f"input must have non-empty spatial dims unless the batch is empty, got shape "
-            f"{tuple(input.shape)}"
-        )
-    if output_size is not None:
-        derived = _args.output_padding_for(spatial, output_size, kernel, st, pad_, dil)
-        if any(out_pad) and out_pad != derived:
-            raise ValueError(
-                f"output_padding={out_pad} contradicts output_size={output_size!r}, which "
-                f"needs output_padding={derived}; give only one of them"
-            )
-        out_pad = derived
-    outs = _args.transpose_output_size(spatial, kernel, st, pad_, out_pad, dil)
-    limit = _args.workspace(max_workspace_bytes)
-    span = _args.span(kernel, dil)
-    k_numel, item = math.prod(kernel), x.element_size()
-    sizes_ = (kernel, dil, st, c_in, c_out, g, item, w.numel())
-    layout = ConvTransposeSlabs(*sizes_)
-    rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
-    one = layout.cost(1, rows, (0,) * n, (1,) * n)
-    if limit is not None and one > limit:
-        raise ValueError(
-            f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
-            f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
-            f"of {item} bytes per contributing input position, up to {math.prod(rows)})"
-        )
-
-    _args.check_conv_transpose_alloc(x, c_out, kernel, st, pad_, out_pad, dil, limit is not None)
-    if x.shape[0] == 0 or 0 in outs:  # an empty result, as torch's, in the autograd graph
+    b_shape, b_dtype = (None, None) if b is None else (b.shape, b.dtype)
+    p = _conv_transpose_plan(x.shape, x.dtype, x.device, w.shape, w.dtype, b_shape, b_dtype,
+                             stride, padding, output_padding, groups, dilation, output_size,
+                             max_workspace_bytes, method)  # fmt: skip
+    x = x if p.batched else x.unsqueeze(0)
+    if p.empty:  # an empty result, as torch's, in the autograd graph
         linked = x[:0].sum() + w[:0].sum() + (0 if b is None else b[:0].sum())
-        empty = x.new_zeros((x.shape[0], c_out, *outs)) + linked
-        return empty if batched else empty.squeeze(0)
-    native = NativeConvTransposeSlabs(*sizes_, x.device, x.dtype, b is not None)
-    if (
-        method == "auto"
-        and _native.native(x.device, x.dtype, n, transposed=True)
-        and (limit is None or native.cost(1, rows, (0,) * n, (1,) * n) <= limit)
-    ):
-        out = _native.conv_transpose(x, w, b, st, pad_, out_pad, dil, g, outs, limit, native)
-        return out if batched else out.squeeze(0)
-
+        empty = x.new_zeros((x.shape[0], p.c_out, *p.outs)) + linked
+        return empty if p.batched else empty.squeeze(0)
+    n, kernel, st, pad_, dil, g, c_out, outs, limit = (
+        p.n, p.kernel, p.stride, p.padding, p.dilation, p.groups, p.c_out, p.outs, p.limit
+    )  # fmt: skip
+    if p.auto:
+        out = _native.conv_transpose(
+            x, w, b, st, pad_, p.output_padding, dil, g, outs, limit, p.native
+        )
+        return out if p.batched else out.squeeze(0)
     # ---- work starts here
+    span = _args.span(kernel, dil)
+
     def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         # ps[i] = uncropped coordinate (relative to this input slab) of output position 0.
         batch, sp = x.shape[0], tuple(x.shape[2:])
@@ -689,8 +737,8 @@ def conv_transpose(
             linked = x.flatten()[:0].sum() + w.flatten()[:0].sum()
             return x.new_zeros((batch, c_out, *os)) + linked
         uncropped = [(s_ - 1) * s + sp_ for s_, s, sp_ in zip(sp, st, span, strict=True)]
-        lo = [int(p) for p in ps]  # type: ignore[call-overload]
-        hi = [u - p - o for u, p, o in zip(uncropped, lo, os, strict=True)]
+        lo = [int(q) for q in ps]  # type: ignore[call-overload]
+        hi = [u - a - o for u, a, o in zip(uncropped, lo, os, strict=True)]
         crop = tuple((max(a, 0), max(z, 0)) for a, z in zip(lo, hi, strict=True))
         size = tuple(u - a - z for u, (a, z) in zip(uncropped, crop, strict=True))
         extend = tuple(
@@ -699,7 +747,7 @@ def conv_transpose(
         geom = Geometry(kernel, dil, crop, st)
         return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
 
-    budget = _workspace(limit, one, x.device)
-    slabs = _slabs.plan(x.shape[0], spatial, pad_, outs, budget, layout)
+    budget = _workspace(limit, p.one_position, x.device)
+    slabs = _slabs.plan(x.shape[0], x.shape[2:], pad_, outs, budget, p.layout)
     out = _slabs.run(x, slabs, pad_, outs, _add_bias(leaf, b, n))
-    return out if batched else out.squeeze(0)
+    return out if p.batched else out.squeeze(0)
