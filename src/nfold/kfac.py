@@ -28,10 +28,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from . import _args, _plan
+from . import _args, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
-from ._slabs import largest
+from ._slabs import Param
 from .conv_modules import ConvNd
 from .patches import _pad_index, _unfold_forward
 
@@ -100,41 +100,44 @@ def expand_chunk_bytes(
     return batch * (unfolded + channels * slab * (item + (acc if acc != item else 0)))
 
 
-def _split_outputs(
-    outs: tuple[int, ...], fits: Callable[[tuple[int, ...]], bool]
-) -> list[tuple[tuple[int, int], ...]]:
-    """Output regions of one sample, each with ``fits(lengths)``: ranges of the first dim
-    with every later dim whole, else single positions of the first dim and the later dims
-    split the same way."""
-    if not outs:
-        return [()]
-    rest = outs[1:]
-    if fits((1, *rest)):
-        step = largest(1, outs[0], lambda t: fits((t, *rest)))
-        whole = tuple((0, o) for o in rest)
-        return [((o, min(o + step, outs[0])), *whole) for o in range(0, outs[0], step)]
-    inner = _split_outputs(rest, lambda lengths: fits((1, *lengths)))
-    return [((o, o + 1), *region) for o in range(outs[0]) for region in inner]
+class _ExpandSlabs(NamedTuple):
+    """``"expand"``'s :class:`_slabs.Layout`: a slab's cost is
+    :func:`expand_chunk_bytes` of its output lengths; its param per dim is unused (the
+    slab's padding is recomputed from its outputs by :func:`_input_slab`)."""
+
+    channels: int
+    geom: _Geometry
+    item: int
+    acc: int
+
+    def cost(self, batch: int, spatial: Sequence[int], params: Sequence[Param],
+             outs: Sequence[int]) -> int:  # fmt: skip
+        return expand_chunk_bytes(batch, outs, self.channels, self.geom, self.item, self.acc)
+
+    def rows(self, i: int, size: int, param: Param, first: int, stop: int
+             ) -> tuple[int, int, Param]:  # fmt: skip
+        return 0, size, param
 
 
 def expand_plan(
     batch: int, channels: int, geom: _Geometry, item: int, acc: int, limit: int
 ) -> list[Chunk]:
     """The slabs ``"expand"`` works in, each at most ``limit`` bytes (see
-    ``expand_chunk_bytes``): whole samples if one fits, else output regions of one sample."""
-    outs = geom.outs
-
-    def fits(b: int, lengths: Sequence[int]) -> bool:
-        return expand_chunk_bytes(b, lengths, channels, geom, item, acc) <= limit
-
-    whole = tuple((0, o) for o in outs)
+    ``expand_chunk_bytes``), cut by conv's planner (:func:`_slabs.plan`): whole samples
+    if one fits, else output ranges of the first dim of one sample (of single positions
+    of it, the later dims cut the same way)."""
     if batch == 0:
         return []
-    if fits(1, outs):
-        step = largest(1, batch, lambda b: fits(b, outs))
-        return [Chunk((b, min(b + step, batch)), whole) for b in range(0, batch, step)]
-    regions = _split_outputs(outs, lambda lengths: fits(1, lengths))
-    return [Chunk((b, b + 1), region) for b in range(batch) for region in regions]
+    outs = geom.outs
+    layout = _ExpandSlabs(channels, geom, item, acc)
+    slabs = _slabs.plan(batch, outs, (0,) * len(outs), outs, limit, layout)
+    return [
+        Chunk(
+            (s.batch[0], s.batch[0] + s.batch[1]),
+            (*((sp.first, sp.stop) for sp in s.spans), *((0, o) for o in outs[len(s.spans) :])),
+        )
+        for s in slabs
+    ]
 
 
 # --------------------------------------------------------------------------- expand
