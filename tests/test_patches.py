@@ -623,6 +623,8 @@ def test_fold_scatter_and_phase_paths_agree_bitwise(monkeypatch, case, dtype):
         rule = dataclasses.replace(
             _plan.CPU,
             short_row=short_row,
+            short_strided_row=short_row,
+            small_index=_plan.CPU.small_index if short_row else 0,  # small folds scatter
             index_share=float("inf"),
             pad_chunk_bytes=chunk,
             torch_below=0,

@@ -87,6 +87,9 @@ class Policy:
             of about this size.
         short_row: below this many blocks along the last dim, fold runs one
             ``scatter_add_`` pass instead of strided adds (if ``ordered_scatter``).
+        short_strided_row: the same for folds with a stride > 1, whose phases each need
+            a buffer and a strided write (CPU, k3 s2: scatter 0.70x the phases' time at
+            16 blocks, 1.0x at 24, 2x at 32).
         index_share: ... and only when its int64 index is at most this share of the input.
         small_index: a fold whose input and index have at most this many bytes each
             scatters (one op instead of one strided add per kernel offset, which is what
@@ -105,6 +108,7 @@ class Policy:
     tile_bytes: int
     auto_workspace: int
     short_row: int
+    short_strided_row: int
     index_share: float
     small_index: int
     torch_below: int
@@ -117,6 +121,7 @@ CPU = Policy(
     tile_bytes=8 << 20,
     auto_workspace=8 << 20,
     short_row=16,
+    short_strided_row=24,
     index_share=1 / 8,
     small_index=64 << 10,
     torch_below=64 << 10,  # measured crossover: 36 KB torch faster, 288 KB nfold faster
@@ -130,6 +135,7 @@ CUDA = Policy(
     tile_bytes=256 << 20,
     auto_workspace=256 << 20,
     short_row=0,
+    short_strided_row=0,
     index_share=0.0,
     small_index=0,
     torch_below=0,  # torch's CUDA col2im need not sum in the CPU's order

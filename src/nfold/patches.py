@@ -224,6 +224,7 @@ class _FoldSteps(NamedTuple):
     step: int  # planes per padded scatter chunk
     disjoint: bool  # one strided add (blocks do not overlap)
     phases: list[_Phase]  # else these phases (none for the scatter and disjoint paths)
+    covered: bool  # the phase buffers are written to every output element (out needs no zeros)
     positions: torch.Tensor | None  # the scatter's index where it is small (else built per call)
     torch_args: _plan.TorchArgs | None  # or torch's F.fold (Policy.torch_below)
 
@@ -237,22 +238,27 @@ def _fold_steps(
     blocks = geom.blocks(spatial)
     batch, channels = shape[0], shape[1] // math.prod(kernel)
     acc = torch.float32 if dtype in _LOW_PRECISION else dtype
-    scatter = _scatter_pays(shape, dtype, contiguous, blocks, acc, math.prod(kernel), rule)
+    strided = any(st > 1 for st in geom.stride)
+    scatter = _scatter_pays(shape, dtype, contiguous, blocks, strided, acc, math.prod(kernel), rule)
     padded = _args.padded_size(spatial, geom.padding)
     crop = tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, geom.padding, strict=True))
     step = max(1, rule.pad_chunk_bytes // (dtype.itemsize * math.prod(padded)))
-    phases = [] if scatter or geom.disjoint else _phases(spatial, blocks, geom, batch, channels)
+    phases: list[_Phase] = []
+    covered = False
+    if not (scatter or geom.disjoint):
+        phases, covered = _phases(spatial, blocks, geom, batch, channels)
     small = 8 * math.prod(kernel) * math.prod(blocks) <= rule.small_index
     index = _index(padded, geom, device) if scatter and small else None
     return _FoldSteps(
         acc, (batch, channels, *kernel, *blocks), (batch, channels, *spatial), scatter,
-        padded, crop if geom.padded else None, step, geom.disjoint, phases, index,
+        padded, crop if geom.padded else None, step, geom.disjoint, phases, covered, index,
         _plan.torch_args(geom, dtype, rule, batch, math.prod(shape) * dtype.itemsize),
     )  # fmt: skip
 
 
 def _phases(spatial: tuple[int, ...], blocks: tuple[int, ...], geom: Geometry, batch: int,
-             channels: int) -> list[_Phase]:  # fmt: skip
+             channels: int) -> tuple[list[_Phase], bool]:  # fmt: skip
+    """fold's phases, and whether their buffers (strided) are written to every output."""
     plans = [
         _phase_plan(size, k, d, lo, s, nb, geom.flip)
         for size, k, d, (lo, _), s, nb in zip(
@@ -279,7 +285,11 @@ def _phases(spatial: tuple[int, ...], blocks: tuple[int, ...], geom: Geometry, b
             phases.append((counts, adds, (where, _strided(out, where))))
         else:
             phases.append((None, adds, None))
-    return phases
+    covered = strided and all(
+        set(plan) == {r for r in range(s) if size > r}
+        for plan, s, size in zip(plans, geom.stride, spatial, strict=True)
+    )
+    return phases, covered
 
 
 def _fold_scatter(y: torch.Tensor, steps: _FoldSteps, geom: Geometry) -> torch.Tensor:
@@ -320,22 +330,22 @@ def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> tor
 
 def _scatter_pays(
     shape: torch.Size, dtype: torch.dtype, contiguous: bool, blocks: tuple[int, ...],
-    acc: torch.dtype, kernel: int, rule: _plan.Policy,
+    strided: bool, acc: torch.dtype, kernel: int, rule: _plan.Policy,
 ) -> bool:  # fmt: skip
     """Whether fold takes one ``scatter_add_`` pass: only where scatter keeps the
     summation order, and either when its int64 index (8 bytes per column, shared by all
     planes) and the input are small (then one op beats a strided add per kernel
-    offset), or for rows
-    shorter than the policy's ``short_row`` (strided adds then cost more per row than a
-    scatter per element: 1.5-2.2x for 6 and 8 blocks on CPU) when the index is at most
-    ``index_share`` of the input."""
+    offset), or for rows shorter than the policy's ``short_row`` (``short_strided_row``
+    with a stride: phases then also need a buffer and a strided write each) when the
+    index is at most ``index_share`` of the input."""
     if not (rule.ordered_scatter and contiguous and dtype == acc != torch.complex32):
         return False
     item = dtype.itemsize
     if 8 * kernel * shape[2] <= rule.small_index and math.prod(shape) * item <= rule.small_index:
         return True  # a small fold (fixed-cost bound); the index has prod(k) * L entries
     planes = shape[0] * shape[1] // kernel
-    return blocks[-1] < rule.short_row and rule.index_share * planes * item >= 8
+    short = rule.short_strided_row if strided else rule.short_row
+    return blocks[-1] < short and rule.index_share * planes * item >= 8
 
 
 def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
@@ -355,7 +365,9 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
         return F.fold(y, spatial, *steps.torch_args)
     if steps.scatter:
         return _fold_scatter(y, steps, geom)
-    out = torch.zeros(steps.out, dtype=steps.acc, device=y.device)
+    out = (torch.empty if steps.covered else torch.zeros)(
+        steps.out, dtype=steps.acc, device=y.device
+    )
     cols = y.reshape(steps.cols)
     if steps.disjoint:  # each element gets at most one term, 0 + x: one strided add
         _blocks(out, geom, steps.cols[2 + len(spatial) :]).add_(cols)
