@@ -20,3 +20,23 @@ def test_readme_opens_with_install_check_and_test_commands():
 def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert _readme_commands()[1] in ci
+
+
+def test_readme_api_block_runs():
+    """The README's "API in a dozen lines" block runs as written (and its shape comments
+    hold)."""
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## API in a dozen lines\n\n```python\n(.+?)\n```", text, re.S)
+    assert block is not None
+    scope: dict = {}
+    try:
+        exec(block.group(1), scope)  # noqa: S102 (our own README)
+    finally:
+        import nfold.compat
+
+        nfold.compat.uninstall()
+    assert scope["cols"].shape == (2, 3 * 81, 4096)
+    assert scope["y"].shape == scope["x"].shape
+    assert scope["A"].shape == (243, 243)
+    torch = scope["torch"]
+    torch.testing.assert_close(scope["mine"], scope["out"], rtol=1e-4, atol=1e-4)

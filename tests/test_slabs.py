@@ -108,7 +108,7 @@ def test_run_into_one_output_equals_concatenation(budget):
 
 def _native_layout(dtype: torch.dtype, c_in: int = 16, c_out: int = 16) -> NativeConvSlabs:
     sizes = ((3, 3, 3), (1, 1, 1), (1, 1, 1), c_in, c_out, 1, dtype.itemsize, c_out * c_in * 27)
-    return NativeConvSlabs(*sizes, torch.device("cpu"), dtype, False)  # type: ignore[arg-type]
+    return NativeConvSlabs(*sizes, device=torch.device("cpu"), dtype=dtype, bias=False)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("c_out", [16, 8])

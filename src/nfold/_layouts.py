@@ -140,14 +140,20 @@ def _native_held(
     )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Native:
+    """Where torch's conv runs (which kernel it picks depends on it), and whether a bias is
+    added (a copy of the slab's output)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    bias: bool
+
+
 @dataclasses.dataclass(frozen=True)
-class NativeConvSlabs(ConvSlabs):
+class NativeConvSlabs(ConvSlabs, _Native):
     """conv's layout for ``"auto"``: torch's ``conv{m}d`` over the trailing dims of an input
     whose leading ``N - m`` dims are unfolded into channels (``_native._conv``)."""
-
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
-    bias: bool = False
 
     def cost(
         self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
@@ -182,13 +188,9 @@ class NativeConvSlabs(ConvSlabs):
 
 
 @dataclasses.dataclass(frozen=True)
-class NativeConvTransposeSlabs(ConvTransposeSlabs):
+class NativeConvTransposeSlabs(ConvTransposeSlabs, _Native):
     """conv_transpose's layout for ``"auto"``: torch's ``conv_transpose{m}d`` over the
     trailing dims, then ``fold`` over the leading ones, uncropped, then cropped."""
-
-    device: torch.device = torch.device("cpu")
-    dtype: torch.dtype = torch.float32
-    bias: bool = False
 
     def cost(
         self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]

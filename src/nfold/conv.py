@@ -443,7 +443,7 @@ def _conv_plan(
     k_numel, item = math.prod(kernel), dtype.itemsize
     sizes_ = (kernel, dil, st, c_in, c_out, g, item, math.prod(w_shape))
     layout = ConvSlabs(*sizes_)
-    native = NativeConvSlabs(*sizes_, device, dtype, b_shape is not None)
+    native = NativeConvSlabs(*sizes_, device=device, dtype=dtype, bias=b_shape is not None)
     has_pad = _args.has_padding(pads) or mode != "zeros"
     one_rows = _args.span(kernel, dil) if has_pad else kernel
     one = layout.cost(1, one_rows, ((0, 0),) * n, (1,) * n)
@@ -652,7 +652,7 @@ def _conv_transpose_plan(
         x_batched, dtype, device, c_out, kernel, st, pad_, out_pad, dil, limit is not None
     )
     empty = x_batched[0] == 0 or 0 in outs
-    native = NativeConvTransposeSlabs(*sizes_, device, dtype, b_shape is not None)
+    native = NativeConvTransposeSlabs(*sizes_, device=device, dtype=dtype, bias=b_shape is not None)
     auto = (
         method == "auto"
         and not empty
