@@ -549,3 +549,42 @@ def test_strategy_choice() -> None:
     assert not _native._sum_offsets(x, torch.randn(4, 2, 3, 3, 3, 3), 2)
     assert not _native._sum_offsets(x, torch.randn(4, 4, 3, 3, 3, 3), 1)
     assert not _native._sum_offsets(x[:, :1], torch.randn(4, 1, 3, 3, 3, 3), 1)
+
+
+# --------------------------------------------------------------------------- training memory
+
+
+@pytest.mark.parametrize(
+    ("shape", "kw"),
+    [
+        ((3, 2, 9, 5, 4, 6), {"padding": 1}),  # several samples and rows per chunk
+        ((1, 4, 11, 4, 5, 4), {"stride": 2, "padding": (2, 1, 0, 1), "dilation": (2, 1, 1, 1)}),
+        ((2, 2, 6, 4, 3, 4, 3), {"padding": 1}),  # 5-d: two leading dims
+    ],
+    ids=["rows_and_samples", "strided_dilated", "5d"],
+)
+def test_training_rebuilds_the_merged_input_in_chunks(shape, kw, monkeypatch) -> None:
+    """With a gradient to record, "auto" for N > 3 saves the input, not the merged input,
+    and builds the merged input a chunk at a time in forward and backward: the same
+    output and gradients (float64, to round-off) as autograd through the torch ops, over
+    several chunks (double backward, which differentiates a recomputation, is in
+    test_gradcheck_gradgradcheck_4d_auto)."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=gen, dtype=F64, requires_grad=True)
+    w = torch.randn(3, shape[1], *(3,) * (len(shape) - 2), generator=gen, dtype=F64,
+                    requires_grad=True)  # fmt: skip
+    b = torch.randn(3, generator=gen, dtype=F64, requires_grad=True)
+    chunks = []
+    real = _native._chunks
+    monkeypatch.setattr(_native, "_chunks", lambda *a: chunks.append(list(real(*a))) or chunks[-1])
+    out = conv(x, w, b, **kw)
+    g = torch.randn(out.shape, generator=gen, dtype=F64)
+    grads = torch.autograd.grad(out, (x, w, b), g)
+    assert len(chunks) == 2 and all(len(c) > 2 for c in chunks)  # forward, backward
+    with torch.enable_grad():
+        monkeypatch.setattr(_native, "eager_graph", lambda *a: False)  # torch ops throughout
+        ref = conv(x, w, b, **kw)
+        ref_grads = torch.autograd.grad(ref, (x, w, b), g)
+    assert_rel(out, ref)
+    for got, want in zip(grads, ref_grads, strict=True):
+        assert_rel(got, want)

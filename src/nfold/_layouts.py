@@ -97,6 +97,34 @@ class ConvTransposeSlabs(ConvSizes):
         return lo, hi - lo + 1, u0 - lo * st
 
 
+def backend(
+    device: torch.device,
+    dtype: torch.dtype,
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+    transposed: bool,
+) -> str:
+    """The name of the kernel torch's conv picks for these shapes ("Mkldnn", "Slow3d",
+    ...; ``torch._C._select_conv_backend`` on stride-0 dummies, ~2 us), or "Slow" where
+    torch cannot tell."""
+    select = getattr(torch._C, "_select_conv_backend", None)
+    if select is None:
+        return "Slow"
+    m = len(stride)
+    dummy = torch.empty((), dtype=dtype, device=device)
+    try:
+        picked = select(
+            dummy.expand(*x_shape), dummy.expand(*w_shape), None, list(stride), [0] * m,
+            list(dilation), transposed, [0] * m, groups, None,
+        )  # fmt: skip
+    except (RuntimeError, TypeError):
+        return "Slow"
+    return str(getattr(picked, "name", picked))
+
+
 def _native_held(
     device: torch.device,
     dtype: torch.dtype,
@@ -116,19 +144,7 @@ def _native_held(
     one of the output unless its channels are a multiple of 16 (measured peak RSS on the
     CPU with torch 2.13, 3 to 48 channels); nothing for the rest
     (cuDNN and the depthwise kernels)."""
-    select = getattr(torch._C, "_select_conv_backend", None)
-    m = len(stride)
-    name = "Slow"
-    if select is not None:
-        dummy = torch.empty((), dtype=dtype, device=device)
-        try:
-            backend = select(
-                dummy.expand(*x_shape), dummy.expand(*w_shape), None, list(stride), [0] * m,
-                list(dilation), transposed, [0] * m, groups, None,
-            )  # fmt: skip
-            name = str(getattr(backend, "name", backend))
-        except (RuntimeError, TypeError):
-            pass
+    name = backend(device, dtype, x_shape, w_shape, stride, dilation, groups, transposed)
     if name.startswith("Slow"):
         return columns
     if not name.startswith("Mkldnn"):

@@ -29,21 +29,22 @@ offset instead of merging the offsets into channels (see ``_sum_offsets``).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from . import _args, _slabs
+from . import _args, _layouts, _slabs
 from ._args import Pads
 from ._layouts import NativeConvSlabs, NativeConvTransposeSlabs
 from ._plan import Geometry
 from ._slabs import Param
-from .patches import _fold, pad, plain_call
+from .patches import _fold, _owning, eager_graph, pad, plain_call
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -134,26 +135,204 @@ def _conv(
         return CONV[m](x, w, bias, stride, trail, dilation, groups)
     if _sum_offsets(x, w, groups):
         return _conv_sum(x, w, bias, stride, dilation, trail, groups)
-    kernel = tuple(w.shape[2:])
-    batch, c_in, c_out = x.shape[0], x.shape[1], w.shape[0]
-    view = x
-    for i in range(lead):  # (B, C, *L_lead, *S_trail, *span_lead)
-        view = view.unfold(2 + i, dilation[i] * (kernel[i] - 1) + 1, stride[i])
-    if any(d > 1 for d in dilation[:lead]):
-        every: tuple[Any, ...] = (..., *(slice(None, None, d) for d in dilation[:lead]))
-        view = view[every]
-    outs_lead, spatial_trail = view.shape[2 : 2 + lead], x.shape[2 + lead :]
-    # (B, *L_lead, C, *k_lead, *S_trail): one copy
-    view = view.permute(
-        0, *range(2, 2 + lead), 1, *range(2 + n, 2 + n + lead), *range(2 + lead, 2 + n)
+    spec = _Merged(tuple(w.shape[2:]), stride, dilation, trail, groups)
+    if not eager_graph(x, w):  # inference (fastest unchunked), compile, functorch, jvp
+        return spec(x, w, bias)
+    out = _MergedGrad.apply(x, w, spec)
+    return out if bias is None else out + bias.view(-1, *(1,) * n)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Merged:
+    """A conv whose leading ``N - 3`` dims are unfolded into channels around one native
+    ``conv3d`` (its input already padded along them); ``trail``: its symmetric padding."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    trail: tuple[int, ...]
+    groups: int
+
+    @property
+    def lead(self) -> int:
+        return len(self.kernel) - 3
+
+    def merge(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` -> ``(B * prod(L_lead), C * prod(k_lead), *S_trail)``, one copy."""
+        lead, n = self.lead, len(self.kernel)
+        view = x
+        for i in range(lead):  # (B, C, *L_lead, *S_trail, *span_lead)
+            view = view.unfold(2 + i, self.dilation[i] * (self.kernel[i] - 1) + 1, self.stride[i])
+        if any(d > 1 for d in self.dilation[:lead]):
+            every: tuple[Any, ...] = (..., *(slice(None, None, d) for d in self.dilation[:lead]))
+            view = view[every]
+        outs_lead = view.shape[2 : 2 + lead]
+        view = view.permute(  # (B, *L_lead, C, *k_lead, *S_trail)
+            0, *range(2, 2 + lead), 1, *range(2 + n, 2 + n + lead), *range(2 + lead, 2 + n)
+        )
+        return view.reshape(
+            x.shape[0] * math.prod(outs_lead),
+            x.shape[1] * math.prod(self.kernel[:lead]),
+            *x.shape[2 + lead :],
+        )
+
+    def native(self, cols: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+               ) -> torch.Tensor:  # fmt: skip
+        w_m = w.reshape(w.shape[0], -1, *self.kernel[self.lead :])
+        sl = slice(self.lead, None)
+        return CONV[3](cols, w_m, bias, self.stride[sl], self.trail, self.dilation[sl], self.groups)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
+                 ) -> torch.Tensor:  # fmt: skip
+        """The conv, by differentiable torch ops (autograd saves the merged input)."""
+        lead = self.lead
+        cols = self.merge(x)
+        y = self.native(cols, w, bias)
+        outs_lead = _args.output_size(
+            tuple(x.shape[2 : 2 + lead]), self.kernel[:lead], self.dilation[:lead],
+            ((0, 0),) * lead, self.stride[:lead],
+        )  # fmt: skip
+        y = y.view(x.shape[0], *outs_lead, y.shape[1], *y.shape[2:])
+        return y.movedim(1 + lead, 1).contiguous()
+
+
+#: in training, the merged input is built in chunks of at most the input's size / this.
+#: Measured on benchmarks/conv_engine.py's 4-d and 5-d rows, peak memory of forward +
+#: backward / torchnd's: 1: 0.41-1.79, 2: 0.41-1.35, 4: 0.41-1.08; forward+backward time
+#: the same within the noise (the strided row's forward alone 1.3x slower at 4).
+_MERGED_CHUNKS = 4
+
+
+class _MergedGrad(torch.autograd.Function):
+    """``_Merged`` in eager autograd: saves the input, not the merged input (``prod(k_lead)``
+    times larger), and builds the merged input a chunk at a time (:func:`_chunks`), in
+    forward and again in backward for ``convolution_backward``, so the peak memory is the
+    input, the output (and its gradient) and one chunk, not the whole merged input (and
+    its gradient, and oneDNN's blocked copies of both). Under ``create_graph`` (double
+    backward) it differentiates a recomputation by torch ops instead."""
+
+    @staticmethod
+    def forward(ctx, x, w, spec):  # type: ignore[no-untyped-def, override]
+        ctx.save_for_backward(x, w)
+        ctx.spec = spec
+        return _owning(_merged_forward(spec, x, w))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def, override]
+        x, w = ctx.saved_tensors
+        spec, needs = ctx.spec, ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph: differentiate a recomputation
+            wanted = [t for t, need in zip((x, w), needs, strict=True) if need]
+            with torch.enable_grad():
+                out = spec(x, w, None)
+            found = torch.autograd.grad(out, wanted, grad, create_graph=True, allow_unused=True)
+            pairs = zip(wanted, found, strict=True)
+            grads = iter(torch.zeros_like(t) if g is None else g for t, g in pairs)
+            return (next(grads) if needs[0] else None), (next(grads) if needs[1] else None), None
+        return (*_merged_grads(spec, x, w, grad, needs), None)
+
+
+def _chunks(
+    spec: _Merged, x: torch.Tensor, outs_lead: Sequence[int]
+) -> Iterator[tuple[slice, slice, slice]]:
+    """(samples, rows of the first leading output dim, the input rows they read) of each
+    chunk of ``_Merged``'s work whose merged input is at most the input's size."""
+    lead, kernel = spec.lead, spec.kernel
+    batch, rows = x.shape[0], outs_lead[0]
+    row_cols = (
+        math.prod(outs_lead[1:])
+        * x.shape[1]
+        * math.prod(kernel[:lead])
+        * math.prod(x.shape[2 + lead :])
     )
-    cols = view.reshape(
-        batch * math.prod(outs_lead), c_in * math.prod(kernel[:lead]), *spatial_trail
-    )
-    w_m = w.reshape(c_out, -1, *kernel[lead:])
-    y = CONV[m](cols, w_m, bias, stride[lead:], trail, dilation[lead:], groups)
-    y = y.view(batch, *outs_lead, c_out, *y.shape[2:])
-    return y.movedim(1 + lead, 1).contiguous()
+    budget = max(x.numel() // _MERGED_CHUNKS, 1)
+    if rows * row_cols <= budget:
+        step_b, step_r = max(1, budget // max(rows * row_cols, 1)), rows
+    else:
+        step_b, step_r = 1, max(1, budget // max(row_cols, 1))
+        if step_r < rows:  # keep the kernel torch picks for the whole (small batches may
+            # fall back to slow_conv3d, 7x slower)
+            step_r = _fast_rows(spec, x, outs_lead, step_r)
+    span0 = spec.dilation[0] * (kernel[0] - 1) + 1
+    for b0 in range(0, batch, step_b):
+        for r0 in range(0, rows, step_r):
+            r1 = min(rows, r0 + step_r)
+            reads = slice(r0 * spec.stride[0], (r1 - 1) * spec.stride[0] + span0)
+            yield slice(b0, b0 + step_b), slice(r0, r1), reads
+
+
+def _fast_rows(spec: _Merged, x: torch.Tensor, outs_lead: Sequence[int], step: int) -> int:
+    """``step`` rows per chunk, doubled until torch picks the same kind of kernel for one
+    sample's chunk as for all of it."""
+    lead, kernel, rows = spec.lead, spec.kernel, outs_lead[0]
+    per_row = math.prod(outs_lead[1:])
+    c_native = x.shape[1] * math.prod(kernel[:lead])
+
+    def slow(r: int) -> bool:
+        shape = (r * per_row, c_native, *x.shape[2 + lead :])
+        w_shape = (1, c_native // spec.groups, *kernel[lead:])
+        picked = _layouts.backend(
+            x.device, x.dtype, shape, w_shape, spec.stride[lead:], spec.dilation[lead:],
+            spec.groups, False,
+        )  # fmt: skip
+        return picked.startswith("Slow")
+
+    if slow(rows):
+        return step
+    while step < rows and slow(step):
+        step *= 2
+    return min(step, rows)
+
+
+def _merged_outs(spec: _Merged, x: torch.Tensor) -> tuple[int, ...]:
+    lead = spec.lead
+    return _args.output_size(
+        tuple(x.shape[2 : 2 + lead]), spec.kernel[:lead], spec.dilation[:lead],
+        ((0, 0),) * lead, spec.stride[:lead],
+    )  # fmt: skip
+
+
+def _merged_forward(spec: _Merged, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``_Merged`` without autograd, chunk by chunk into one output."""
+    lead, outs_lead = spec.lead, _merged_outs(spec, x)
+    out = None
+    for samples, rows, reads in _chunks(spec, x, outs_lead):
+        y = spec.native(spec.merge(x[samples, :, reads]), w, None)
+        y = y.view(-1, rows.stop - rows.start, *outs_lead[1:], *y.shape[1:])
+        if out is None:
+            out = y.new_empty((x.shape[0], y.shape[1 + lead], *outs_lead, *y.shape[2 + lead :]))
+        out[samples, :, rows] = y.movedim(1 + lead, 1)
+    if out is None:  # an empty batch
+        return spec(x, w, None)
+    return out
+
+
+def _merged_grads(
+    spec: _Merged, x: torch.Tensor, w: torch.Tensor, grad: torch.Tensor, needs: Sequence[bool]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Input and weight gradients of ``_Merged``, chunk by chunk (:func:`_chunks`)."""
+    lead, c_out = spec.lead, w.shape[0]
+    w_m = w.reshape(c_out, -1, *spec.kernel[lead:])
+    sl = slice(lead, None)
+    grad_x = torch.zeros_like(x) if needs[0] else None
+    grad_w = None
+    for samples, rows, reads in _chunks(spec, x, tuple(grad.shape[2 : 2 + lead])):
+        with torch.enable_grad():
+            xs = x[samples, :, reads].detach().requires_grad_(needs[0])
+            cols = spec.merge(xs)
+        g = grad[samples, :, rows].movedim(1, 1 + lead).reshape(-1, c_out, *grad.shape[2 + lead :])
+        grad_cols, part_w, _ = torch.ops.aten.convolution_backward(
+            g, cols.detach(), w_m, None, spec.stride[sl], spec.trail, spec.dilation[sl],
+            False, [0] * 3, spec.groups, [needs[0], needs[1], False],
+        )  # fmt: skip
+        if grad_x is not None:
+            (part_x,) = torch.autograd.grad(cols, xs, grad_cols)
+            grad_x[samples, :, reads] += part_x
+        if needs[1]:
+            grad_w = part_w if grad_w is None else grad_w + part_w
+    if needs[1] and grad_w is None:  # an empty batch
+        grad_w = torch.zeros_like(w)
+    return grad_x, None if grad_w is None else grad_w.reshape(w.shape)
 
 
 def _sum_offsets(x: torch.Tensor, w: torch.Tensor, groups: int) -> bool:

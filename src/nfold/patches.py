@@ -503,6 +503,19 @@ def _graph_needed(args: tuple[Any, ...]) -> bool:
     )
 
 
+def eager_graph(*args: Any) -> bool:
+    """Whether a call records an eager autograd graph and nothing else (no compile, no
+    functorch transform, no forward-mode AD), so an old-style Function without jvp or
+    vmap rules may serve it."""
+    if torch.compiler.is_compiling() or _transforms_active is None or _transforms_active():
+        return False
+    if getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0:
+        return False
+    return torch.is_grad_enabled() and any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args
+    )
+
+
 def plain_call(*args: Any) -> bool:
     """Whether a call records nothing (no autograd graph, functorch transform or trace), so
     its results may be written into preallocated buffers."""
