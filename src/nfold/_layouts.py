@@ -126,28 +126,23 @@ def backend(
 
 
 def _native_held(
-    device: torch.device,
-    dtype: torch.dtype,
+    kernel_name: str,
     x_shape: Sequence[int],
     w_shape: Sequence[int],
-    stride: Sequence[int],
-    dilation: Sequence[int],
     groups: int,
     transposed: bool,
     out_spatial: Sequence[int],
     columns: int,
 ) -> int:
     """Elements torch's native conv holds beside its input and output, by the kernel it
-    picks for these shapes (``torch._C._select_conv_backend``; assumed im2col-based where
-    torch cannot tell): ``columns`` (one sample's im2col matrix) for ``slow_conv3d`` & co.;
-    for oneDNN, a copy of the input in its blocked layout, channels rounded up to 16, and
-    one of the output unless its channels are a multiple of 16 (measured peak RSS on the
-    CPU with torch 2.13, 3 to 48 channels); nothing for the rest
-    (cuDNN and the depthwise kernels)."""
-    name = backend(device, dtype, x_shape, w_shape, stride, dilation, groups, transposed)
-    if name.startswith("Slow"):
+    picks for these shapes (``kernel_name``, from :func:`backend`): ``columns`` (one
+    sample's im2col matrix) for ``slow_conv3d`` & co.; for oneDNN, a copy of the input in
+    its blocked layout, channels rounded up to 16, and one of the output unless its
+    channels are a multiple of 16 (measured peak RSS on the CPU with torch 2.13, 3 to 48
+    channels); nothing for the rest (cuDNN and the depthwise kernels)."""
+    if kernel_name.startswith("Slow"):
         return columns
-    if not name.startswith("Mkldnn"):
+    if not kernel_name.startswith("Mkldnn"):
         return 0
     c_in, c_out = x_shape[1], w_shape[1] * groups if transposed else w_shape[0]
     blocked_out = -(-c_out // 16) * 16 if c_out % 16 else 0  # else written in place
@@ -196,10 +191,9 @@ class NativeConvSlabs(ConvSlabs, _Native):
         native_x = (batch * math.prod(outs[:lead]), c_native, *padded[lead:])
         native_w = (self.c_out, c_native // self.groups, *self.kernel[lead:])
         columns = self.c_in * math.prod(self.kernel) * math.prod(outs[lead:])
-        held += _native_held(
-            self.device, self.dtype, native_x, native_w, self.stride[lead:],
-            self.dilation[lead:], self.groups, False, outs[lead:], columns,
-        )  # fmt: skip
+        name = backend(self.device, self.dtype, native_x, native_w, self.stride[lead:],
+                       self.dilation[lead:], self.groups, False)  # fmt: skip
+        held += _native_held(name, native_x, native_w, self.groups, False, outs[lead:], columns)
         return self.item * held
 
 
@@ -223,8 +217,7 @@ class NativeConvTransposeSlabs(ConvTransposeSlabs, _Native):
         native_x = (batch * math.prod(spatial[:lead]), self.c_in, *spatial[lead:])
         native_w = (self.c_in, self.c_out * k_lead // self.groups, *self.kernel[lead:])
         columns = self.c_out * math.prod(self.kernel) * math.prod(spatial[lead:])
-        held += _native_held(
-            self.device, self.dtype, native_x, native_w, self.stride[lead:],
-            self.dilation[lead:], self.groups, True, full[lead:], columns,
-        )  # fmt: skip
+        name = backend(self.device, self.dtype, native_x, native_w, self.stride[lead:],
+                       self.dilation[lead:], self.groups, True)  # fmt: skip
+        held += _native_held(name, native_x, native_w, self.groups, True, full[lead:], columns)
         return self.item * held
