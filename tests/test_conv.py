@@ -604,6 +604,7 @@ def test_limit_above_default_slabs_keeps_them(transposed: bool, monkeypatch) -> 
     monkeypatch.setitem(
         _plan.POLICIES, "cpu", dataclasses.replace(_plan.CPU, auto_workspace=default)
     )
+    _plan.clear_caches()  # plans are derived from the policy
     seen = _intermediate_bytes(monkeypatch, transposed, 1 << 40)
     assert seen == _intermediate_bytes(monkeypatch, transposed, None)
     assert len(seen) > 3 and max(seen) <= default

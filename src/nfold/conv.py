@@ -399,6 +399,7 @@ class _ConvPlan(NamedTuple):
     auto: bool  # method "auto" where torch has a kernel (see _native.native)
     direct: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int] | None
     # torch's conv{N}d's (stride, padding, dilation, groups) when "auto" is just that call
+    whole: ConvSpec | None  # "gemm" in one slab (zero padding): the bilinear op's spec
 
 
 @_plan.memo
@@ -465,9 +466,18 @@ def _conv_plan(
     direct = None
     if auto and n <= 3 and mode == "zeros" and limit is None and all(a == z for a, z in pads):
         direct = (st, tuple(a for a, _ in pads), dil, g)  # torch's own conv, as it is
+    whole = None  # "gemm" in one slab: its spec, made once
+    if not auto and mode == "zeros":
+        budget = _workspace(limit, one, device)
+        batch = x_batched[0]
+        unsplit = limit is None and not _expands(kernel, spatial, math.prod(outs))
+        if unsplit or _slabs.plan(batch, spatial, pads, outs, budget, layout) == [
+            _slabs.Slab((0, batch), ())
+        ]:
+            whole = ConvSpec(Geometry(kernel, dil, pads, st), g)
     return _ConvPlan(
         batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native, auto,
-        direct,
+        direct, whole,
     )  # fmt: skip
 
 
@@ -542,6 +552,10 @@ def conv(
         out = _native.conv(x, w, b, st, dil, pads, mode, g, limit, p.native)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
+    if p.whole is not None:
+        out = _bilinear(x, w, p.whole)
+        out = out if b is None else out + b.view(-1, *(1,) * n)
+        return out if p.batched else out.squeeze(0)
     if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
         x, pads = pad(x, pads, mode), ((0, 0),) * n
 
