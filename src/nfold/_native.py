@@ -14,9 +14,11 @@ unfolded (conv) or folded (conv_transpose) around it.
   the last block is zero-extended).
 
 Everything is differentiable torch ops plus nfold's fold, so autograd gives every
-gradient (double backward, jvp, vmap and ``torch.compile`` included). Where torch has no
-native kernel for the dtype on the device (probed once per (device, dtype, m) with a tiny
-call, then cached), the caller falls back to ``method="gemm"``.
+gradient (double backward, jvp, vmap and ``torch.compile`` included). In eager training
+the merged conv runs as ``_MergedGrad`` instead, which saves the input rather than the
+merged input (``prod(k_lead)`` times larger) and builds the latter a chunk at a time.
+Where torch has no native kernel for the dtype on the device (probed once per (device,
+dtype, m) with a tiny call, then cached), the caller falls back to ``method="gemm"``.
 
 ``max_workspace_bytes`` bounds the intermediates here too: the output is computed in
 slabs over the batch, then over output positions of spatial dim 0, 1, ... (conv), or
@@ -185,15 +187,9 @@ class _Merged:
     def __call__(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
                  ) -> torch.Tensor:  # fmt: skip
         """The conv, by differentiable torch ops (autograd saves the merged input)."""
-        lead = self.lead
-        cols = self.merge(x)
-        y = self.native(cols, w, bias)
-        outs_lead = _args.output_size(
-            tuple(x.shape[2 : 2 + lead]), self.kernel[:lead], self.dilation[:lead],
-            ((0, 0),) * lead, self.stride[:lead],
-        )  # fmt: skip
-        y = y.view(x.shape[0], *outs_lead, y.shape[1], *y.shape[2:])
-        return y.movedim(1 + lead, 1).contiguous()
+        y = self.native(self.merge(x), w, bias)
+        y = y.view(x.shape[0], *_merged_outs(self, x), y.shape[1], *y.shape[2:])
+        return y.movedim(1 + self.lead, 1).contiguous()
 
 
 #: in training, the merged input is built in chunks of at most the input's size / this.
