@@ -43,10 +43,9 @@ import torch.nn.functional as F
 
 from . import _args, _layouts, _slabs
 from ._args import Pads
-from ._layouts import NativeConvSlabs, NativeConvTransposeSlabs
 from ._plan import Geometry
 from ._slabs import Param
-from .patches import _fold, _owning, eager_graph, pad, plain_call
+from .patches import _fold, _owning, eager_graph, plain_call
 
 CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
@@ -89,23 +88,16 @@ def conv(
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
     pads: Pads,
-    mode: str,
     groups: int,
-    limit: int | None,
-    layout: NativeConvSlabs,
+    outs: tuple[int, ...],
+    slabs: list[_slabs.Slab],
 ) -> torch.Tensor:
-    """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *L)``; arguments already validated.
-    With a ``limit``, in the slabs of :func:`_slabs.plan` whose ``layout`` cost fits it."""
-    if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
-        x, pads = pad(x, pads, mode), ((0, 0),) * len(pads)
-    if limit is None:
-        return _conv(x, w, bias, stride, dilation, pads, groups)
+    """Batched ``(B, C_in, *S)`` (already padded by any non-zero padding mode) ->
+    ``(B, C_out, *L)``, in the ``slabs`` the call's plan cut (``NativeConvSlabs``)."""
 
     def leaf(part: torch.Tensor, part_pads: Sequence[Param], _: Sequence[int]) -> torch.Tensor:
         return _conv(part, w, bias, stride, dilation, tuple(part_pads), groups)
 
-    outs = _args.output_size(tuple(x.shape[2:]), tuple(w.shape[2:]), dilation, pads, stride)
-    slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, limit, layout)
     return _slabs.run(x, slabs, pads, outs, leaf, into=plain_call(x, w, bias))
 
 
@@ -406,13 +398,12 @@ def conv_transpose(
     dilation: tuple[int, ...],
     groups: int,
     outs: tuple[int, ...],
-    limit: int | None,
-    layout: NativeConvTransposeSlabs,
+    slabs: list[_slabs.Slab],
 ) -> torch.Tensor:
     """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *outs)``; arguments already validated.
-    With a ``limit``, in the output slabs of :func:`_slabs.plan` whose ``layout`` cost
-    fits it, each the uncropped transposed conv of the input rows it reads, cropped."""
-    if limit is None:
+    In the ``slabs`` the call's plan cut (``NativeConvTransposeSlabs``), each the uncropped
+    transposed conv of the input rows it reads, cropped."""
+    if len(slabs) == 1 and not slabs[0].spans:  # whole: no crop
         return _conv_transpose(x, w, bias, stride, padding, output_padding, dilation, groups, outs)
     n, c_out = len(stride), w.shape[1] * groups
     spans = _args.span(tuple(w.shape[2:]), dilation)
@@ -441,7 +432,6 @@ def conv_transpose(
             y = F.pad(y, extend) if any(extend) else y
         return y if bias is None else y + bias.view(-1, *(1,) * n)
 
-    slabs = _slabs.plan(x.shape[0], x.shape[2:], padding, outs, limit, layout)
     return _slabs.run(x, slabs, padding, outs, leaf, into=plain_call(x, w, bias))
 
 

@@ -141,7 +141,9 @@ def run(
     ``into``: no autograd graph is recorded (the caller checked), so each slab is copied
     into one preallocated output as soon as it is made instead of being held until a
     concatenation: peak memory is the output plus one slab's, not twice the output."""
-    if into and len(slabs) > 1:
+    if len(slabs) == 1 and not slabs[0].spans and slabs[0].batch == (0, x.shape[0]):
+        return leaf(x, params, outs)  # one slab: the whole input
+    if into:
         return _run_into(x, slabs, params, outs, leaf)
 
     def along(x: torch.Tensor, group: list[Slab], i: int, ps: tuple[Param, ...],

@@ -36,7 +36,7 @@ from ._args import IntOrTuple, PaddingArg, Pads
 from ._layouts import ConvSlabs, ConvTransposeSlabs, NativeConvSlabs, NativeConvTransposeSlabs
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
-from .patches import Variants, _fold, _owning, _unfold, pad
+from .patches import Variants, _fold, _owning, _unfold, pad, plain_call
 
 # --------------------------------------------------------------------------- validation
 
@@ -392,14 +392,11 @@ class _ConvPlan(NamedTuple):
     mode: str
     groups: int
     outs: tuple[int, ...]
-    limit: int | None
-    one_position: int
-    layout: ConvSlabs
-    native: NativeConvSlabs
     auto: bool  # method "auto" where torch has a kernel (see _native.native)
     direct: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], int] | None
     # torch's conv{N}d's (stride, padding, dilation, groups) when "auto" is just that call
-    whole: ConvSpec | None  # "gemm" in one slab (zero padding): the bilinear op's spec
+    slabs: list[_slabs.Slab]  # of the (mode-padded) input, for the engine that runs
+    whole: ConvSpec | None  # "gemm" in one slab: the bilinear op's spec
 
 
 @_plan.memo
@@ -466,18 +463,20 @@ def _conv_plan(
     direct = None
     if auto and n <= 3 and mode == "zeros" and limit is None and all(a == z for a, z in pads):
         direct = (st, tuple(a for a, _ in pads), dil, g)  # torch's own conv, as it is
-    whole = None  # "gemm" in one slab: its spec, made once
-    if not auto and mode == "zeros":
-        budget = _workspace(limit, one, device)
-        batch = x_batched[0]
-        unsplit = limit is None and not _expands(kernel, spatial, math.prod(outs))
-        if unsplit or _slabs.plan(batch, spatial, pads, outs, budget, layout) == [
-            _slabs.Slab((0, batch), ())
-        ]:
-            whole = ConvSpec(Geometry(kernel, dil, pads, st), g)
+    # the slabs run on the input after mode padding (which pads in full, as torch.nn.ConvNd)
+    batch, one_slab = x_batched[0], [_slabs.Slab((0, x_batched[0]), ())]
+    sp, ps = (
+        (spatial, pads) if mode == "zeros" else (_args.padded_size(spatial, pads), ((0, 0),) * n)
+    )
+    if auto:
+        slabs = one_slab if limit is None else _slabs.plan(batch, sp, ps, outs, limit, native)
+    elif limit is None and not _expands(kernel, sp, math.prod(outs)):
+        slabs = one_slab  # nothing to keep in cache: one wide GEMM
+    else:
+        slabs = _slabs.plan(batch, sp, ps, outs, _workspace(limit, one, device), layout)
+    whole = ConvSpec(Geometry(kernel, dil, ps, st), g) if not auto and slabs == one_slab else None
     return _ConvPlan(
-        batched, n, kernel, st, dil, pads, mode, g, outs, limit, one, layout, native, auto,
-        direct, whole,
+        batched, n, kernel, st, dil, pads, mode, g, outs, auto, direct, slabs, whole
     )  # fmt: skip
 
 
@@ -537,38 +536,30 @@ def conv(
     if p.direct is not None:
         return _native.CONV[p.n](x, w, b, *p.direct)
     x = x if p.batched else x.unsqueeze(0)
-    n, kernel, st, dil, pads, mode, g, outs, limit = (
+    n, kernel, st, dil, pads, g, outs = (
         p.n,
         p.kernel,
         p.stride,
         p.dilation,
         p.padding,
-        p.mode,
         p.groups,
         p.outs,
-        p.limit,
     )
+    if p.mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
+        x, pads = pad(x, pads, p.mode), ((0, 0),) * n
     if p.auto:
-        out = _native.conv(x, w, b, st, dil, pads, mode, g, limit, p.native)
+        out = _native.conv(x, w, b, st, dil, pads, g, outs, p.slabs)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
     if p.whole is not None:
         out = _bilinear(x, w, p.whole)
         out = out if b is None else out + b.view(-1, *(1,) * n)
         return out if p.batched else out.squeeze(0)
-    if mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
-        x, pads = pad(x, pads, mode), ((0, 0),) * n
 
     def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, tuple(ps), st), g))
 
-    biased = _add_bias(leaf, b, n)
-    if limit is None and not _expands(kernel, x.shape[2:], math.prod(outs)):
-        out = biased(x, pads, outs)
-    else:
-        budget = _workspace(limit, p.one_position, x.device)
-        slabs = _slabs.plan(x.shape[0], x.shape[2:], pads, outs, budget, p.layout)
-        out = _slabs.run(x, slabs, pads, outs, biased)
+    out = _slabs.run(x, p.slabs, pads, outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
     return out if p.batched else out.squeeze(0)
 
 
@@ -588,12 +579,9 @@ class _ConvTransposePlan(NamedTuple):
     groups: int
     c_out: int
     outs: tuple[int, ...]
-    limit: int | None
-    one_position: int
-    layout: ConvTransposeSlabs
-    native: NativeConvTransposeSlabs
     auto: bool  # method "auto" where torch has a kernel that fits the limit
     empty: bool  # the result has no elements
+    slabs: list[_slabs.Slab]  # for the engine that runs
 
 
 @_plan.memo
@@ -673,9 +661,15 @@ def _conv_transpose_plan(
         and _native.native(device, dtype, n, transposed=True)
         and (limit is None or native.cost(1, rows, (0,) * n, (1,) * n) <= limit)
     )
+    batch = x_batched[0]
+    if not auto:
+        slabs = _slabs.plan(batch, spatial, pad_, outs, _workspace(limit, one, device), layout)
+    elif limit is None:
+        slabs = [_slabs.Slab((0, batch), ())]
+    else:
+        slabs = _slabs.plan(batch, spatial, pad_, outs, limit, native)
     return _ConvTransposePlan(
-        batched, n, kernel, st, pad_, out_pad, dil, g, c_out, outs, limit, one, layout,
-        native, auto, empty,
+        batched, n, kernel, st, pad_, out_pad, dil, g, c_out, outs, auto, empty, slabs
     )  # fmt: skip
 
 
@@ -732,13 +726,11 @@ def conv_transpose(
         linked = x[:0].sum() + w[:0].sum() + (0 if b is None else b[:0].sum())
         empty = x.new_zeros((x.shape[0], p.c_out, *p.outs)) + linked
         return empty if p.batched else empty.squeeze(0)
-    n, kernel, st, pad_, dil, g, c_out, outs, limit = (
-        p.n, p.kernel, p.stride, p.padding, p.dilation, p.groups, p.c_out, p.outs, p.limit
+    n, kernel, st, pad_, dil, g, c_out, outs = (
+        p.n, p.kernel, p.stride, p.padding, p.dilation, p.groups, p.c_out, p.outs
     )  # fmt: skip
     if p.auto:
-        out = _native.conv_transpose(
-            x, w, b, st, pad_, p.output_padding, dil, g, outs, limit, p.native
-        )
+        out = _native.conv_transpose(x, w, b, st, pad_, p.output_padding, dil, g, outs, p.slabs)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
     span = _args.span(kernel, dil)
@@ -761,7 +753,5 @@ def conv_transpose(
         geom = Geometry(kernel, dil, crop, st)
         return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
 
-    budget = _workspace(limit, p.one_position, x.device)
-    slabs = _slabs.plan(x.shape[0], x.shape[2:], pad_, outs, budget, p.layout)
-    out = _slabs.run(x, slabs, pad_, outs, _add_bias(leaf, b, n))
+    out = _slabs.run(x, p.slabs, pad_, outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
     return out if p.batched else out.squeeze(0)

@@ -492,36 +492,40 @@ def _old_style(cls: _Function) -> _Function:
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
-def _graph_needed(args: tuple[Any, ...]) -> bool:
-    """Whether a call must record autograd state: a tensor argument requires grad (and
-    grad mode is on), or forward-mode AD is active (tangents exist only inside
-    ``forward_ad.dual_level()``; an unknown level counts as active)."""
-    if getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0:
-        return True
+def _traced() -> bool:
+    """Under torch.compile or a functorch transform (an unknown state counts as one)."""
+    return torch.compiler.is_compiling() or _transforms_active is None or _transforms_active()
+
+
+def _dual() -> bool:
+    """Forward-mode AD is active (tangents exist only inside ``forward_ad.dual_level()``;
+    an unknown level counts as active)."""
+    return getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0
+
+
+def _records(args: tuple[Any, ...]) -> bool:
+    """Grad mode is on and a tensor argument requires grad."""
     return torch.is_grad_enabled() and any(
         isinstance(a, torch.Tensor) and a.requires_grad for a in args
     )
+
+
+def _graph_needed(args: tuple[Any, ...]) -> bool:
+    """Whether a call must record autograd state (backward or forward mode)."""
+    return _dual() or _records(args)
 
 
 def eager_graph(*args: Any) -> bool:
     """Whether a call records an eager autograd graph and nothing else (no compile, no
     functorch transform, no forward-mode AD), so an old-style Function without jvp or
     vmap rules may serve it."""
-    if torch.compiler.is_compiling() or _transforms_active is None or _transforms_active():
-        return False
-    if getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0:
-        return False
-    return torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args
-    )
+    return not _traced() and not _dual() and _records(args)
 
 
 def plain_call(*args: Any) -> bool:
     """Whether a call records nothing (no autograd graph, functorch transform or trace), so
     its results may be written into preallocated buffers."""
-    if torch.compiler.is_compiling() or _transforms_active is None or _transforms_active():
-        return False
-    return not _graph_needed(args)
+    return not _traced() and not _graph_needed(args)
 
 
 class Variants(NamedTuple):
