@@ -97,6 +97,21 @@ class ConvTransposeSlabs(ConvSizes):
         return lo, hi - lo + 1, u0 - lo * st
 
 
+def transposed_window(
+    spatial: Sequence[int], stride: Sequence[int], spans: Sequence[int],
+    params: Sequence[Param], outs: Sequence[int],
+) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...], list[int]]:  # fmt: skip
+    """Where a conv_transpose output slab lies in the uncropped transposed conv of its
+    input rows (:class:`ConvTransposeSlabs` params): the uncropped size, the ``(lo, hi)``
+    cropped off each dim, and ``F.pad``'s flat list of zeros past its edges (rows no input
+    reaches)."""
+    full = tuple((s - 1) * st + sp for s, st, sp in zip(spatial, stride, spans, strict=True))
+    ends = [(int(p), f - int(p) - o) for p, f, o in zip(params, full, outs, strict=True)]
+    crop = tuple((max(lo, 0), max(hi, 0)) for lo, hi in ends)
+    extend = [v for lo, hi in reversed(ends) for v in (max(-lo, 0), max(-hi, 0))]
+    return full, crop, extend
+
+
 def backend(
     device: torch.device,
     dtype: torch.dtype,

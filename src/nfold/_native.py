@@ -415,20 +415,12 @@ def conv_transpose(
             linked = part.flatten()[:0].sum() + w.flatten()[:0].sum()  # stays in the graph
             y = part.new_zeros((part.shape[0], c_out, *os)) + linked
         else:
-            full = tuple(
-                (s - 1) * st + sp for s, st, sp in zip(part.shape[2:], stride, spans, strict=True)
-            )
+            full, crop, extend = _layouts.transposed_window(part.shape[2:], stride, spans, ps, os)
             y = _conv_transpose(part, w, None, stride, zeros, zeros, dilation, groups, full)
-            lo = [int(p) for p in ps]
-            crop: tuple[Any, ...] = tuple(
-                slice(max(a, 0), min(a + o, f)) for a, o, f in zip(lo, os, full, strict=True)
+            window: tuple[Any, ...] = tuple(
+                slice(lo, f - hi) for (lo, hi), f in zip(crop, full, strict=True)
             )
-            extend = [
-                v
-                for a, o, f in reversed(list(zip(lo, os, full, strict=True)))
-                for v in (max(-a, 0), max(a + o - f, 0))
-            ]
-            y = y[(..., *crop)]
+            y = y[(..., *window)]
             y = F.pad(y, extend) if any(extend) else y
         return y if bias is None else y + bias.view(-1, *(1,) * n)
 

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 
 from . import _args, _native, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg, Pads
-from ._layouts import ConvSlabs, ConvTransposeSlabs, NativeConvSlabs, NativeConvTransposeSlabs
+from ._layouts import (
+    ConvSlabs,
+    ConvTransposeSlabs,
+    NativeConvSlabs,
+    NativeConvTransposeSlabs,
+    transposed_window,
+)
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
 from .patches import Variants, _fold, _owning, _unfold, pad, plain_call
@@ -742,16 +748,10 @@ def conv_transpose(
             # zeros that stay in the autograd graph (an empty sum: exactly 0, never NaN)
             linked = x.flatten()[:0].sum() + w.flatten()[:0].sum()
             return x.new_zeros((batch, c_out, *os)) + linked
-        uncropped = [(s_ - 1) * s + sp_ for s_, s, sp_ in zip(sp, st, span, strict=True)]
-        lo = [int(q) for q in ps]  # type: ignore[call-overload]
-        hi = [u - a - o for u, a, o in zip(uncropped, lo, os, strict=True)]
-        crop = tuple((max(a, 0), max(z, 0)) for a, z in zip(lo, hi, strict=True))
-        size = tuple(u - a - z for u, (a, z) in zip(uncropped, crop, strict=True))
-        extend = tuple(
-            v for a, z in reversed(list(zip(lo, hi, strict=True))) for v in (max(-a, 0), max(-z, 0))
-        )
+        full, crop, extend = transposed_window(sp, st, span, ps, os)
+        size = tuple(u - a - z for u, (a, z) in zip(full, crop, strict=True))
         geom = Geometry(kernel, dil, crop, st)
-        return _bilinear(x, w, ConvTransposeSpec(geom, size, extend, g))
+        return _bilinear(x, w, ConvTransposeSpec(geom, size, tuple(extend), g))
 
     out = _slabs.run(x, p.slabs, pad_, outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
     return out if p.batched else out.squeeze(0)
