@@ -626,7 +626,11 @@ def test_chunked_padding_only_slabs() -> None:
         torch.randn(3, 2, 1, 1, generator=gen, dtype=F64),
     )
     ref = F.conv2d(x, w, padding=(4, 1), stride=(2, 1))
-    assert torch.equal(conv(x, w, padding=(4, 1), stride=(2, 1), max_workspace_bytes=64), ref)
+    out = conv(x, w, padding=(4, 1), stride=(2, 1), max_workspace_bytes=64)
+    # the 64-byte limit runs "gemm", whose two-term sums equal torch's kernel's only to
+    # round-off (FMA or not, by CPU); the padding-only rows and columns exactly 0 (atol=0)
+    assert ref[..., :2, :].abs().sum() == 0 and ref[..., 0].abs().sum() == 0
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=0)
 
 
 # --------------------------------------------------------------------------- other properties
