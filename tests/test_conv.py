@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import nfold
 from nfold import _plan, conv, conv_transpose
+from reference import dtype_id
 
 F64 = torch.float64
 
@@ -435,6 +436,65 @@ def test_gradcheck_and_gradgradcheck(name: str, transposed: bool) -> None:
     # fast_mode checks random projections of the Jacobians (seconds instead of minutes)
     assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=True)
     assert torch.autograd.gradgradcheck(fn, (x, w, b), fast_mode=True)
+
+
+SMALL_GEMM = {
+    "drop-in": ((1, 1, 4, 4), (1, 1, 3, 3), dict(padding=1)),
+    "strided, dilated, groups": ((2, 4, 7, 6), (6, 2, 3, 2), dict(stride=2, padding=1,
+                                                                  dilation=(1, 2), groups=2)),
+    "pointwise": ((3, 2, 5, 5), (4, 2, 1, 1), {}),
+    "circular": ((2, 3, 5, 6), (3, 1, 3, 3), dict(padding=1, padding_mode="circular", groups=3)),
+    "unbatched same": ((3, 6, 6), (2, 3, 3, 3), dict(padding="same")),
+    "rows > L": ((3, 9, 4, 4), (5, 9, 3, 3), dict(padding=1)),  # weight grad: batch in K
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=dtype_id)
+@pytest.mark.parametrize("name", list(SMALL_GEMM))
+def test_small_gemm_equals_the_bilinear_function_bitwise(name, dtype, monkeypatch) -> None:
+    """Small N = 2 "gemm" calls run as plain torch ops (torch's im2col, bmm; torch's
+    autograd): the same values and gradients, bit for bit, as nfold's Function."""
+    x_shape, w_shape, kw = SMALL_GEMM[name]
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = (torch.randn(s, generator=gen, dtype=dtype) for s in (x_shape, w_shape, w_shape[:1]))
+    conv_mod = sys.modules["nfold.conv"]
+    plan = conv_mod._conv_plan(x.shape, dtype, x.device, w.shape, dtype, b.shape, dtype,
+                               *(kw.get(k, d) for k, d in (("stride", 1), ("padding", 0),
+                                 ("dilation", 1), ("groups", 1), ("padding_mode", "zeros"))),
+                               None, "gemm")  # fmt: skip
+    assert plan.small is not None
+
+    def fn(x, w, b):
+        return conv(x, w, b, method="gemm", **kw)
+
+    small = _value_and_grads(fn, x, w, b)
+    monkeypatch.setitem(_plan.POLICIES, "cpu", dataclasses.replace(_plan.CPU, torch_below=0))
+    _plan.clear_caches()
+    function = _value_and_grads(fn, x, w, b, small[2])
+    assert torch.equal(small[0], function[0])
+    for got, want in zip(small[1], function[1], strict=True):
+        if name == "rows > L" and got.shape == w.shape:
+            # the Function merges the batch into one GEMM's K; torch's autograd sums
+            # per-sample products: the same K = B * L terms in another order
+            terms = x_shape[0] * 16
+            assert_rel(got, want, terms * torch.finfo(dtype).eps)
+        else:
+            assert torch.equal(got, want)
+
+
+def test_small_gemm_gradgradcheck() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x_shape, w_shape, kw = SMALL_GEMM["strided, dilated, groups"]
+    args = [
+        torch.randn(s, generator=gen, dtype=F64, requires_grad=True)
+        for s in (x_shape, w_shape, w_shape[:1])
+    ]
+
+    def fn(x, w, b):
+        return conv(x, w, b, method="gemm", **kw)
+
+    assert torch.autograd.gradcheck(fn, args)
+    assert torch.autograd.gradgradcheck(fn, args)
 
 
 # --------------------------------------------------------------------------- chunking

@@ -99,6 +99,8 @@ class Policy:
             padding, run torch's own ``F.unfold`` / ``F.fold``: the very same bits
             (unfold copies; fold sums in the same order, and each is the other's
             backward), at a C++ call's fixed cost, which is what such calls are bound by.
+            A "gemm" conv whose unfolded matrix is that small runs as plain torch ops
+            (im2col, bmm) under torch's autograd, whose products are the Function's.
         ordered_scatter: ``scatter_add_`` adds each row's terms in index order (CPU), so
             it keeps torch's col2im summation order, bitwise; on GPUs it uses atomics
             (nondeterministic order), so fold never uses it there.
@@ -156,11 +158,15 @@ def policy(device: torch.device) -> Policy:
 _R = TypeVar("_R")
 
 
+# arguments that are their own key: no other type's value equals one of them
+_PLAIN = frozenset({int, str, torch.Size, torch.dtype, torch.device, type(None)})
+
+
 def _key(value: object) -> object:
     """Cache key of one argument: sequences as tuples, and other values with their type,
     so that ``2.0`` or ``True`` never hit the plan cached for ``2`` or ``1``."""
     kind = type(value)
-    if kind is int or kind is str:
+    if kind in _PLAIN:
         return value
     if kind is tuple or kind is list:
         return tuple([v if type(v) is int else _key(v) for v in value])  # type: ignore[attr-defined]
@@ -183,7 +189,7 @@ def memo(fn: Callable[..., _R] | None = None, *, maxsize: int = _CACHE_SIZE) -> 
     def plan(*args: Any) -> _R:
         if torch.compiler.is_compiling():
             return fn(*args)
-        key = tuple([_key(a) for a in args])
+        key = tuple([a if type(a) in _PLAIN else _key(a) for a in args])
         try:
             return cache[key]
         except KeyError:
@@ -249,6 +255,16 @@ class TorchArgs(NamedTuple):
     dilation: tuple[int, ...]
     padding: tuple[int, ...]
     stride: tuple[int, ...]
+
+    # the kernels F.unfold / F.fold call, without their per-call argument parsing (the
+    # arguments are checked tuples), which is a third of a small call
+    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.unfold(x, *self)``."""
+        return torch._C._nn.im2col(x, *self)
+
+    def fold(self, y: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+        """``F.fold(y, spatial, *self)``."""
+        return torch._C._nn.col2im(y, spatial, *self)
 
 
 def torch_args(

@@ -386,6 +386,46 @@ def _bilinear(x: torch.Tensor, w: torch.Tensor, spec: _Spec) -> torch.Tensor:
 _METHODS = ("auto", "gemm")
 
 
+class _SmallGemm(NamedTuple):
+    """The "gemm" path of a call small enough for torch's im2col
+    (:attr:`Policy.torch_below`), in one slab and one tile, as plain torch ops: the same
+    im2col and matmuls as :class:`_Bilinear`, left to torch's autograd, whose backward
+    (in C++) computes the same products, and col2im, which is nfold's fold there. Small
+    layers are bound by per-op Python cost, which this skips."""
+
+    unfold: _plan.TorchArgs | None  # None: a pointwise kernel (the input is the matrix)
+    cols: tuple[int, int, int, int]  # (B, G, C_in/G * prod(k), L)
+    weight: tuple[int, int, int]  # (G, C_out/G, C_in/G * prod(k))
+    out: tuple[int, ...]  # (B, C_out, *L)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        batch, groups, rows, length = self.cols
+        if self.unfold is None:
+            cols = x.reshape(batch, groups * rows, length)
+        else:
+            cols = self.unfold.unfold(x)  # (B, C_in * prod(k), L)
+        if groups == 1:  # _weight_matmul's bmm, without its reshapes
+            w_exp = w.reshape(self.weight).expand(batch, -1, -1)
+            return torch.bmm(w_exp, cols).view(self.out)
+        return _weight_matmul(w.reshape(self.weight), cols.view(self.cols)).view(self.out)
+
+    @staticmethod
+    def of(
+        spec: ConvSpec, x_shape: tuple[int, ...], c_out: int, dtype: torch.dtype, rule: _plan.Policy
+    ) -> _SmallGemm | None:
+        """The small path of ``spec`` on inputs of ``x_shape``, if the call is small."""
+        geom, g, (batch, c_in) = spec.geometry, spec.groups, x_shape[:2]
+        outs = geom.blocks(tuple(x_shape[2:]))
+        rows, length = c_in * math.prod(geom.kernel), math.prod(outs)
+        nbytes = batch * rows * length * dtype.itemsize
+        args = _plan.torch_args(geom, dtype, rule, batch, nbytes)
+        expands = _expands(geom.kernel, x_shape[2:], length)
+        if args is None or len(_tile_ranges(batch, nbytes // batch, expands, rule)) > 1:
+            return None
+        shapes = (batch, g, rows // g, length), (g, c_out // g, rows // g), (batch, c_out, *outs)
+        return _SmallGemm(None if geom.pointwise else args, *shapes)
+
+
 class _ConvPlan(NamedTuple):
     """One ``conv`` call's validated arguments (see :func:`_conv_plan`)."""
 
@@ -403,6 +443,7 @@ class _ConvPlan(NamedTuple):
     # torch's conv{N}d's (stride, padding, dilation, groups) when "auto" is just that call
     slabs: list[_slabs.Slab]  # of the (mode-padded) input, for the engine that runs
     whole: ConvSpec | None  # "gemm" in one slab: the bilinear op's spec
+    small: _SmallGemm | None  # "gemm" in one slab and tile on torch's im2col
 
 
 @_plan.memo
@@ -481,8 +522,10 @@ def _conv_plan(
     else:
         slabs = _slabs.plan(batch, sp, ps, outs, _workspace(limit, one, device), layout)
     whole = ConvSpec(Geometry(kernel, dil, ps, st), g) if not auto and slabs == one_slab else None
+    rule = _plan.policy(device)
+    small = None if whole is None else _SmallGemm.of(whole, (batch, c_in, *sp), c_out, dtype, rule)
     return _ConvPlan(
-        batched, n, kernel, st, dil, pads, mode, g, outs, auto, direct, slabs, whole
+        batched, n, kernel, st, dil, pads, mode, g, outs, auto, direct, slabs, whole, small
     )  # fmt: skip
 
 
@@ -542,30 +585,23 @@ def conv(
     if p.direct is not None:
         return _native.CONV[p.n](x, w, b, *p.direct)
     x = x if p.batched else x.unsqueeze(0)
-    n, kernel, st, dil, pads, g, outs = (
-        p.n,
-        p.kernel,
-        p.stride,
-        p.dilation,
-        p.padding,
-        p.groups,
-        p.outs,
-    )
+    pads = p.padding
     if p.mode != "zeros":  # as torch.nn.ConvNd: pad with the mode, then convolve unpadded
-        x, pads = pad(x, pads, p.mode), ((0, 0),) * n
+        x, pads = pad(x, pads, p.mode), ((0, 0),) * p.n
     if p.auto:
-        out = _native.conv(x, w, b, st, dil, pads, g, outs, p.slabs)
+        out = _native.conv(x, w, b, p.stride, p.dilation, pads, p.groups, p.outs, p.slabs)
         return out if p.batched else out.squeeze(0)
     # ---- work starts here
     if p.whole is not None:
-        out = _bilinear(x, w, p.whole)
-        out = out if b is None else out + b.view(-1, *(1,) * n)
+        out = _bilinear(x, w, p.whole) if p.small is None else p.small(x, w)
+        out = out if b is None else out + b.view(-1, *(1,) * p.n)
         return out if p.batched else out.squeeze(0)
+    n, kernel, st, dil, g = p.n, p.kernel, p.stride, p.dilation, p.groups
 
     def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, tuple(ps), st), g))
 
-    out = _slabs.run(x, p.slabs, pads, outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
+    out = _slabs.run(x, p.slabs, pads, p.outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
     return out if p.batched else out.squeeze(0)
 
 

@@ -137,7 +137,7 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     batch can be merged into the columns of one GEMM without a copy."""
     steps = _unfold_steps(x.shape, x.dtype, _plan.policy(x.device), geom, rows_first)
     if steps.torch_args is not None:
-        return F.unfold(x, *steps.torch_args)
+        return steps.torch_args.unfold(x)
     if steps.direct:  # (pad and) one strided copy
         part = x if steps.pads is None else F.pad(x, steps.pads)
         if torch.compiler.is_compiling() or not part.is_contiguous():
@@ -362,7 +362,7 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     rule = _plan.policy(y.device)
     steps = _fold_steps(y.shape, y.dtype, y.device, rule, y.is_contiguous(), spatial, geom)
     if steps.torch_args is not None:
-        return F.fold(y, spatial, *steps.torch_args)
+        return steps.torch_args.fold(y, spatial)
     if steps.scatter:
         return _fold_scatter(y, steps, geom)
     out = (torch.empty if steps.covered else torch.zeros)(
@@ -630,10 +630,8 @@ def unfold(
     x = x if plan.batched else x.unsqueeze(0)
     if plan.mode != "zeros":
         x = pad(x, plan.mode_padding, plan.mode)
-    if plan.torch_args is not None:
-        out = F.unfold(x, *plan.torch_args)
-    else:
-        out = _unfold(x, plan.geometry)
+    args = plan.torch_args
+    out = _unfold(x, plan.geometry) if args is None else args.unfold(x)
     return out if plan.batched else out.squeeze(0)
 
 
@@ -673,7 +671,7 @@ def fold(
     y = y if plan.batched else y.unsqueeze(0)
     geom, spatial = plan.geometry, plan.output_size
     if plan.reduction == "sum" and plan.torch_args is not None:
-        out = F.fold(y, spatial, *plan.torch_args)
+        out = plan.torch_args.fold(y, spatial)
     elif plan.reduction == "sum":
         out = _fold(y, spatial, geom)
     else:
