@@ -405,7 +405,8 @@ class _SmallGemm(NamedTuple):
         else:
             cols = self.unfold.unfold(x)  # (B, C_in * prod(k), L)
         if groups == 1:  # _weight_matmul's bmm, without its reshapes
-            w_exp = w.reshape(self.weight).expand(batch, -1, -1)
+            w_mat = w.reshape(self.weight)  # (1, C_out, rows): a batch of one as it is
+            w_exp = w_mat if batch == 1 else w_mat.expand(batch, -1, -1)
             return torch.bmm(w_exp, cols).view(self.out)
         return _weight_matmul(w.reshape(self.weight), cols.view(self.cols)).view(self.out)
 
