@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import nfold
-from nfold import _native, _slabs
-from nfold._layouts import ConvSlabs, ConvTransposeSlabs, NativeConvSlabs
+from nfold import _native, _plan, _slabs
+from nfold._layouts import ConvCacheSlabs, ConvSlabs, ConvTransposeSlabs, NativeConvSlabs
 
 # (layout, batch, input spatial, params, output spatial)
 CONV = ConvSlabs((3, 2), (1, 2), (2, 1), c_in=4, c_out=6, groups=2, item=8, weight_numel=48)
@@ -57,6 +58,33 @@ def test_slabs_tile_the_output_once_within_budget(name, budget):
     assert len(seen) == batch * math.prod(outs) and set(seen.values()) == {1}
     if budget == 10**9:
         assert slabs == [_slabs.Slab((0, batch), ())]
+
+
+def test_gemm_slabs_are_cut_for_what_the_gemm_reads():
+    """Without a limit, "gemm" slabs are cut for the unfolded matrix (cache), not for its
+    result: a few-channel layer whose output dwarfs its unfolded matrix is one slab, with
+    no concatenation. A limit still bounds every intermediate, the result included."""
+    sizes = dict(c_in=3, c_out=96, groups=1, item=4, weight_numel=96 * 27)
+    geometry = ((3, 3), (1, 1), (1, 1))
+    every = ConvSlabs(*geometry, **sizes)
+    args = (32, (32, 32), ((1, 1), (1, 1)), (32, 32))
+    budget = _plan.CPU.auto_workspace
+    assert every.cost(*args) > budget  # the (32, 96, 32, 32) output: 12.6 MB
+    one = [_slabs.Slab((0, 32), ())]
+    assert _slabs.plan(*args, budget, ConvCacheSlabs(*geometry, **sizes)) == one
+    x, w = torch.zeros(32, 3, 32, 32), torch.zeros(96, 3, 3, 3)
+    plan = sys.modules["nfold.conv"]._conv_plan(
+        x.shape, x.dtype, x.device, w.shape, w.dtype, None, None, 1, 1, 1, 1, "zeros", None,
+        "gemm")  # fmt: skip
+    assert plan.whole is not None and len(plan.slabs) == 1
+    for limit in (budget, 4 << 20, 1 << 40):
+        slabs = _slabs.plan(
+            *args, min(limit, budget), ConvCacheSlabs(*geometry, **sizes, limit=limit)
+        )
+        for slab in slabs:
+            assert not slab.spans  # a batch range is enough here
+            assert every.cost(slab.batch[1], *args[1:]) <= limit
+        assert len(slabs) == (1 if limit == 1 << 40 else math.ceil(32 / (limit // (96 * 4096))))
 
 
 def test_conv_slab_reads_the_rows_its_outputs_need():

@@ -66,6 +66,27 @@ class ConvSlabs(ConvSizes):
         return min(max(a, 0), size), e - a - new_lo - new_hi, (new_lo, new_hi)
 
 
+@dataclasses.dataclass(frozen=True)
+class ConvCacheSlabs(ConvSlabs):
+    """conv's layout ("gemm") for the cache budget: a slab is cut for what the GEMM reads
+    while it is in cache (the unfolded matrix, the padded input slab), and for every
+    intermediate only where that exceeds ``limit`` (``max_workspace_bytes``). The GEMM's
+    result is written once: cutting for it alone would only add a concatenation of the
+    output (All-CNN-C conv1: half of its forward+backward time)."""
+
+    limit: int | None = None
+
+    def cost(
+        self, batch: int, spatial: Sequence[int], params: Sequence[Param], outs: Sequence[int]
+    ) -> int:
+        every = super().cost(batch, spatial, params, outs)
+        if self.limit is not None and every > self.limit:
+            return every
+        padded = _args.padded_size(spatial, tuple(params))
+        unfolded = self.c_in * math.prod(self.kernel) * math.prod(outs)
+        return self.item * batch * max(unfolded, self.c_in * math.prod(padded))
+
+
 class ConvTransposeSlabs(ConvSizes):
     """conv_transpose's layout ("gemm"); a slab's param per dim is the uncropped
     coordinate (relative to its input rows) of its first output position."""

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from . import _args, _native, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg, Pads
 from ._layouts import (
+    ConvCacheSlabs,
     ConvSlabs,
     ConvTransposeSlabs,
     NativeConvSlabs,
@@ -521,7 +522,8 @@ def _conv_plan(
     elif limit is None and not _expands(kernel, sp, math.prod(outs)):
         slabs = one_slab  # nothing to keep in cache: one wide GEMM
     else:
-        slabs = _slabs.plan(batch, sp, ps, outs, _workspace(limit, one, device), layout)
+        cache = ConvCacheSlabs(*sizes_, limit=limit)
+        slabs = _slabs.plan(batch, sp, ps, outs, _workspace(limit, one, device), cache)
     whole = ConvSpec(Geometry(kernel, dil, ps, st), g) if not auto and slabs == one_slab else None
     rule = _plan.policy(device)
     small = None if whole is None else _SmallGemm.of(whole, (batch, c_in, *sp), c_out, dtype, rule)
