@@ -234,3 +234,65 @@ def test_functional_call_on_data_movement_modules() -> None:
     xs = _randn(3, 2, 2, 4, 6)
     cols = vmap(lambda x: functional_call(unfold, {}, (x,)))(xs)
     torch.testing.assert_close(vmap(lambda c: functional_call(fold, {}, (c,)))(cols), xs)
+
+
+# --------------------------------------------------------------------------- legacy vmap
+# torch.autograd.grad(..., is_grads_batched=True) and torch.autograd.functional's
+# jacobian / hessian(vectorize=True) run backward under torch's older vmap, which has no
+# custom-Function vmap rules and refuses in-place writes of batched values.
+
+_W4 = torch.randn(4, 1, 2, 3, 1, 2, dtype=torch.float64, generator=_gen)
+_W4T = torch.randn(2, 3, 2, 1, 2, 2, dtype=torch.float64, generator=_gen)
+LEGACY: dict[str, tuple[Callable, tuple[int, ...]]] = {
+    **{name: (op, shape) for name, (op, _, shape) in OPS.items()},
+    "unfold 3-d": (
+        lambda x: nfold.unfold(x, 2, padding=(1, 0, 1), stride=(2, 1, 1)),
+        (2, 2, 4, 3, 3),
+    ),
+    "fold 1-d": (lambda y: nfold.fold(y, (7,), (3,), dilation=2, padding=2), (2, 2 * 3, 7)),
+    "conv 2-d gemm asymmetric": (
+        lambda x: nfold.conv(x, _WEIGHT_CONV[:, :, 0], padding="same", method="gemm"),
+        (2, 2, 5, 6),
+    ),
+    "conv 2-d gemm small": (
+        lambda x: nfold.conv(x, _WEIGHT_CONV[:, :, 0], padding=1, method="gemm"),
+        (1, 2, 4, 4),
+    ),
+    "conv 4-d auto": (lambda x: nfold.conv(x, _W4, padding=1, groups=2), (2, 2, 3, 4, 3, 3)),
+    "conv 4-d gemm": (
+        lambda x: nfold.conv(x, _W4, stride=(1, 2, 1, 1), groups=2, method="gemm"),
+        (1, 2, 3, 4, 3, 3),
+    ),
+    "conv_transpose 4-d auto": (
+        lambda x: nfold.conv_transpose(x, _W4T, stride=2, padding=(1, 0, 0, 1)),
+        (1, 2, 2, 3, 2, 2),
+    ),
+    "conv_transpose 4-d gemm": (
+        lambda x: nfold.conv_transpose(x, _W4T, stride=(1, 2, 1, 2), method="gemm"),
+        (2, 2, 2, 3, 2, 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(LEGACY))
+def test_is_grads_batched_and_vectorized_jacobian(name: str) -> None:
+    fn, shape = LEGACY[name]
+    x = _randn(*shape).requires_grad_()
+    out = fn(x)
+    v = _randn(3, *out.shape)
+    (batched,) = torch.autograd.grad(out, x, v, retain_graph=True, is_grads_batched=True)
+    looped = torch.stack([torch.autograd.grad(out, x, vi, retain_graph=True)[0] for vi in v])
+    torch.testing.assert_close(batched, looped, rtol=1e-13, atol=1e-13)
+    jac = torch.autograd.functional.jacobian(fn, x.detach(), vectorize=True)
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(fn, x.detach()))
+
+
+def test_vectorized_hessian_of_conv_gemm() -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return nfold.conv(x, _WEIGHT_CONV[:, :, 0], padding=1, method="gemm").tanh().sum()
+
+    x = _randn(1, 2, 3, 4)
+    torch.testing.assert_close(
+        torch.autograd.functional.hessian(f, x, vectorize=True),
+        torch.autograd.functional.hessian(f, x),
+    )

@@ -71,6 +71,46 @@ def _blocks(x: torch.Tensor, geom: Geometry, blocks: Sequence[int]) -> torch.Ten
     return x.as_strided(size, stride, x.storage_offset())
 
 
+_is_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+
+
+def _legacy_batched(t: torch.Tensor) -> bool:
+    """``t`` is batched by torch's legacy vmap (``autograd.grad(..., is_grads_batched=True)``,
+    ``autograd.functional.jacobian(..., vectorize=True)``), which runs the core's forwards
+    on batched tensors with no vmap rule and refuses in-place writes of them into fresh
+    buffers."""
+    if _is_legacy_batched is None or torch.compiler.is_compiling():  # dynamo cannot call it
+        return False
+    return bool(_is_legacy_batched(t))
+
+
+def _unfold_batched(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """unfold of a :func:`_legacy_batched` tensor out of place: pad, the block view, a
+    reshape (the same copy, in whatever memory layout)."""
+    if geom.padded:
+        x = F.pad(x, [p for pair in reversed(geom.padding) for p in pair])
+    blocks = _window_view(x, geom, kernel_last=False)  # (B, C, *k, *L)
+    if geom.flip:
+        blocks = blocks.flip(tuple(range(2, 2 + len(geom.kernel))))
+    return blocks.reshape(x.shape[0], -1, math.prod(blocks.shape[2 + len(geom.kernel) :]))
+
+
+def _fold_batched(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> torch.Tensor:
+    """fold of a :func:`_legacy_batched` tensor out of place: one ``scatter_add`` into a
+    zero-padded buffer, cropped (the scatter path's sums, in its order on the CPU)."""
+    acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
+    acc = torch.int64 if acc in _NO_ADD else acc
+    padded = _args.padded_size(spatial, geom.padding)
+    index = _index(padded, geom, y.device)
+    planes = y.shape[0] * (y.shape[1] // math.prod(geom.kernel))
+    buf = torch.zeros((planes, math.prod(padded)), dtype=acc, device=y.device)
+    buf = buf.scatter_add(1, index.expand(planes, -1), y.to(acc).reshape(planes, -1))
+    out = buf.view(planes, *padded)
+    for i, (n, (lo, _)) in enumerate(zip(spatial, geom.padding, strict=True)):
+        out = out.narrow(1 + i, lo, n)  # (indexing would alias, which legacy vmap lacks)
+    return out.reshape(y.shape[0], -1, *spatial).to(y.dtype)
+
+
 class _UnfoldSteps(NamedTuple):
     """How :func:`_unfold_forward` runs on one input shape and geometry."""
 
@@ -135,6 +175,8 @@ def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -
     """``(B, C, *S)`` -> ``(B, C * prod(k), L)``; with ``rows_first`` the result is laid out
     in memory as ``(C * prod(k), B, L)`` (same values, a transposed view), so that the
     batch can be merged into the columns of one GEMM without a copy."""
+    if _legacy_batched(x):
+        return _unfold_batched(x, geom)
     steps = _unfold_steps(x.shape, x.dtype, _plan.policy(x.device), geom, rows_first)
     if steps.torch_args is not None:
         return steps.torch_args.unfold(x)
@@ -357,6 +399,8 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     from zero, as torch's col2im does, so results are bitwise equal to torch's.
     Padding is never materialised: out-of-range blocks are clipped.
     """
+    if _legacy_batched(y):
+        return _fold_batched(y, spatial, geom)
     if y.dtype in _NO_ADD:
         return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
     rule = _plan.policy(y.device)
@@ -398,8 +442,9 @@ def _owning(t: torch.Tensor) -> torch.Tensor:
     would break ``relu_``, ``+=`` and ``ReLU(inplace=True)``. ``detach()`` gives the same
     storage as a plain tensor (~1 us). Only for buffers ``forward`` allocated itself: an
     alias of an input would let in-place ops on the output silently change that input.
+    Legacy vmap (:func:`_legacy_batched`) has no ``detach``: there ``t`` is returned as is.
     """
-    return t.detach()
+    return t if _legacy_batched(t) else t.detach()
 
 
 def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
