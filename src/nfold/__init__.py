@@ -1,11 +1,11 @@
 """nfold: N-dimensional unfold / fold (im2col / col2im) and convolution as matrix
 multiplication for PyTorch: exact, any number of spatial dims, any dtype."""
 
-import warnings
+import warnings as _warnings
 
-with warnings.catch_warnings():  # numpy is optional: torch warns on import without it
-    warnings.filterwarnings("ignore", "Failed to initialize NumPy", UserWarning)
-    import torch  # noqa: F401
+with _warnings.catch_warnings():  # numpy is optional: torch warns on import without it
+    _warnings.filterwarnings("ignore", "Failed to initialize NumPy", UserWarning)
+    import torch as _torch  # noqa: F401
 
 from .check import check_model, compare
 from .compat import FoldNd, UnfoldNd, UnfoldTransposeNd, foldNd, unfold_transposeNd, unfoldNd
