@@ -198,3 +198,55 @@ def test_dynamic_batch_size_recompiles_without_graph_break() -> None:
             rtol=0,
             atol=0,
         )
+
+
+# --------------------------------------------------------------------------- torch.jit.trace
+# Deprecated in torch 2.13 but still how some models are exported: a traced nfold layer
+# records aten ops only (plans are made outside the trace), saves, loads, and gives eager's
+# values and gradients. The trace is for the traced shapes, as torch's TracerWarning says.
+
+JIT_CASES = {
+    "Conv2d small (torch's im2col)": (lambda: nfold.Conv2d(2, 4, 3, padding=1), (1, 2, 5, 5)),
+    "Conv2d gemm": (lambda: nfold.Conv2d(2, 4, 3, padding=1, stride=2), (4, 2, 16, 16)),
+    "Conv2d same reflect": (
+        lambda: nfold.Conv2d(2, 4, 2, padding="same", padding_mode="reflect"),
+        (2, 2, 5, 5),
+    ),
+    "ConvNd 3-d gemm": (
+        lambda: nfold.ConvNd(2, 4, 3, padding=1, ndim=3, method="gemm"),
+        (1, 2, 4, 5, 5),
+    ),  # fmt: skip
+    "ConvNd 4-d auto": (lambda: nfold.ConvNd(2, 4, 3, padding=1, ndim=4), (1, 2, 4, 4, 5, 5)),
+    "ConvTranspose2d": (lambda: nfold.ConvTranspose2d(2, 4, 3, stride=2), (1, 2, 5, 5)),
+    "ConvTransposeNd 4-d": (
+        lambda: nfold.ConvTransposeNd(2, 4, 3, stride=2, ndim=4),
+        (1, 2, 3, 3, 3, 3),
+    ),  # fmt: skip
+    "Unfold 3-d": (lambda: nfold.Unfold((2, 2, 2), padding=1), (1, 2, 4, 5, 5)),
+    "Fold": (lambda: nfold.Fold((5, 5), 3, padding=1, stride=2), (1, 18, 9)),
+}
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.* is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", list(JIT_CASES))
+def test_jit_trace_saves_and_matches_eager(name: str, monkeypatch, tmp_path) -> None:
+    from nfold import _native, _plan
+
+    monkeypatch.setattr(_native, "_NATIVE", {})  # the native-kernel probe, under the trace
+    _plan.clear_caches()  # so that planning happens while tracing
+    make, shape = JIT_CASES[name]
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    traced = torch.jit.trace(module, x)
+    torch.jit.save(traced, tmp_path / "m.pt")
+    loaded = torch.jit.load(tmp_path / "m.pt")
+    assert "PythonOp" not in str(loaded.graph)
+    xs = [x.clone().requires_grad_() for _ in range(2)]
+    got, want = loaded(xs[0]), module(xs[1])
+    assert torch.equal(got, want)
+    g = torch.randn(got.shape, dtype=torch.float64)
+    got.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-12, atol=1e-12)

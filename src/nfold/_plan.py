@@ -174,6 +174,7 @@ def _key(value: object) -> object:
 
 
 _CACHE_SIZE = 4096
+_set_tracing_state = torch._C._set_tracing_state  # type: ignore[attr-defined]
 
 
 def memo(fn: Callable[..., _R] | None = None, *, maxsize: int = _CACHE_SIZE) -> Any:
@@ -189,6 +190,13 @@ def memo(fn: Callable[..., _R] | None = None, *, maxsize: int = _CACHE_SIZE) -> 
     def plan(*args: Any) -> _R:
         if torch.compiler.is_compiling():
             return fn(*args)
+        tracing = torch._C._get_tracing_state()
+        if tracing is not None:  # torch.jit.trace: plan outside the trace, from plain ints
+            _set_tracing_state(None)
+            try:
+                return plan(*[_traced_sizes(a) for a in args])
+            finally:
+                _set_tracing_state(tracing)
         key = tuple([a if type(a) in _PLAIN else _key(a) for a in args])
         try:
             return cache[key]
@@ -207,6 +215,14 @@ def memo(fn: Callable[..., _R] | None = None, *, maxsize: int = _CACHE_SIZE) -> 
 
 
 _CACHES: list[dict[object, Any]] = []
+
+
+def _traced_sizes(value: object) -> object:
+    """``value`` with the sizes ``torch.jit.trace`` hands out as tensors (in ``Tensor.shape``)
+    as ints: plans are made of ints, and the trace is for these shapes (torch warns so)."""
+    if isinstance(value, torch.Size):
+        return torch.Size([int(v) for v in value])
+    return value
 
 
 def clear_caches() -> None:

@@ -442,9 +442,11 @@ def _owning(t: torch.Tensor) -> torch.Tensor:
     would break ``relu_``, ``+=`` and ``ReLU(inplace=True)``. ``detach()`` gives the same
     storage as a plain tensor (~1 us). Only for buffers ``forward`` allocated itself: an
     alias of an input would let in-place ops on the output silently change that input.
-    Legacy vmap (:func:`_legacy_batched`) has no ``detach``: there ``t`` is returned as is.
+    Under legacy vmap (:func:`_legacy_batched`) and ``torch.jit.trace`` ``t`` is returned as is.
     """
-    return t if _legacy_batched(t) else t.detach()
+    if _legacy_batched(t) or torch._C._get_tracing_state() is not None:
+        return t  # legacy vmap has no detach; a traced detach would cut the traced graph
+    return t.detach()
 
 
 def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
@@ -538,8 +540,14 @@ _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
 def _traced() -> bool:
-    """Under torch.compile or a functorch transform (an unknown state counts as one)."""
-    return torch.compiler.is_compiling() or _transforms_active is None or _transforms_active()
+    """Under torch.compile, torch.jit.trace or a functorch transform (an unknown state
+    counts as one)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._get_tracing_state() is not None
+        or _transforms_active is None
+        or _transforms_active()
+    )
 
 
 def _dual() -> bool:
@@ -587,6 +595,10 @@ class Variants(NamedTuple):
     def apply(self, *args: Any) -> torch.Tensor:
         if torch.compiler.is_compiling():
             fn = self.core
+        elif torch._C._get_tracing_state() is not None:
+            # torch.jit.trace records the forward's aten ops (a PythonOp could not be saved,
+            # and TorchScript differentiates those ops itself)
+            return self.core.forward(*args)  # type: ignore[no-any-return]
         elif _transforms_active is None or _transforms_active():
             fn = self.full  # the same check torch's own Function.apply makes
         elif not _graph_needed(args):
