@@ -445,3 +445,29 @@ def test_table_under_memory_cap():
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip() == "", res.stdout
+
+
+def test_errors_are_also_the_runtime_errors_torch_raises():
+    """Code written against torch catches RuntimeError for such input; nfold's ValueError /
+    TypeError are that too, for the drop-in layers as for the functional ops."""
+    x = torch.randn(1, 3, 5, 5)
+    layer = nfold.Conv2d(4, 2, 3)
+    for ours, theirs in ((layer, torch.nn.Conv2d(4, 2, 3)),):
+        x4 = torch.randn(1, 4, 5, 5)
+        for bad in (x, x4.double(), x4.long()):  # wrong channels, wrong dtype, integer input
+            with pytest.raises(RuntimeError):
+                theirs(bad)
+            with pytest.raises(RuntimeError) as info:
+                ours(bad)
+            assert isinstance(info.value, (ValueError, TypeError))
+    calls = (
+        lambda: nfold.conv(x, torch.randn(2, 4, 3, 3)),
+        lambda: nfold.unfold(x, 7),
+        lambda: nfold.fold(torch.randn(1, 5, 4), (3, 3), 2),
+        lambda: nfold.conv_transpose(x, torch.randn(4, 2, 3, 3)),
+        lambda: nfold.ConvNd(3, 2, 3, ndim=2, groups=2),
+    )
+    for call in calls:
+        with pytest.raises(RuntimeError) as info:
+            call()
+        assert isinstance(info.value, ValueError)

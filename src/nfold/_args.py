@@ -21,6 +21,17 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 REDUCTIONS = ("sum", "mean")
 
 
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument value. nfold's errors are ``ValueError`` / ``TypeError``; each is also
+    the ``RuntimeError`` torch's own ops raise for such input (a channel count that does not
+    match, say), so code written against torch catches it either way, as numpy's
+    ``AxisError`` is both a ``ValueError`` and an ``IndexError``."""
+
+
+class ArgumentTypeError(TypeError, RuntimeError):
+    """A bad argument type or dtype (see :class:`ArgumentError`)."""
+
+
 def _is_int(value: object) -> bool:
     # bool is an int subclass; a bool posing as a size is a bug on the caller's side.
     return isinstance(value, int) and not isinstance(value, bool)
@@ -32,7 +43,7 @@ def _is_seq(value: object) -> bool:
 
 def check_tensor(input: object, name: str = "input") -> torch.Tensor:
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(input).__name__}")
     return input
 
 
@@ -43,16 +54,16 @@ def ntuple(value: object, n: int, name: str, min_value: int = 1) -> tuple[int, .
     elif _is_seq(value):
         out = tuple(value)  # type: ignore[arg-type]
         if len(out) != n:
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} must be an int or a tuple of {n} ints (one per spatial dim), "
                 f"got {value!r} of length {len(out)}"
             )
         if not all(_is_int(v) for v in out):
-            raise TypeError(f"{name} must contain ints, got {value!r}")
+            raise ArgumentTypeError(f"{name} must contain ints, got {value!r}")
     else:
-        raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+        raise ArgumentTypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
     if any(v < min_value for v in out):
-        raise ValueError(f"{name} must be >= {min_value} in every dim, got {value!r}")
+        raise ArgumentError(f"{name} must be >= {min_value} in every dim, got {value!r}")
     return out
 
 
@@ -62,7 +73,7 @@ def tuple_len(value: object, name: str) -> int | None:
         return None
     if _is_seq(value):
         return len(value)  # type: ignore[arg-type]
-    raise TypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
+    raise ArgumentTypeError(f"{name} must be an int or a tuple of ints, got {value!r}")
 
 
 def infer_n(sizes: Mapping[str, object], default: int | None) -> int:
@@ -71,10 +82,10 @@ def infer_n(sizes: Mapping[str, object], default: int | None) -> int:
     lengths = {name: n for name, n in lengths.items() if n is not None}
     if len(set(lengths.values())) > 1:
         got = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-        raise ValueError(f"size arguments disagree on the number of spatial dims: {got}")
+        raise ArgumentError(f"size arguments disagree on the number of spatial dims: {got}")
     n = next(iter(lengths.values()), default)
     if n is None or n < 1:
-        raise ValueError(f"need at least 1 spatial dim, got {n}")
+        raise ArgumentError(f"need at least 1 spatial dim, got {n}")
     return n
 
 
@@ -84,14 +95,14 @@ def input_n(shape: Sequence[int], sizes: Mapping[str, object]) -> tuple[int, boo
     ndim = len(shape)
     fixed = [f"{name}={v!r}" for name, v in sizes.items() if tuple_len(v, name) is not None]
     if ndim < 3 and not fixed:
-        raise ValueError(
+        raise ArgumentError(
             f"input must have at least 3 dims (B, C, *spatial) when every size argument is an "
             f"int (pass N-tuples for an unbatched (C, *spatial) input), got shape {tuple(shape)}"
         )
     n = infer_n(sizes, default=ndim - 2 if ndim >= 3 else None)
     if ndim in (n + 1, n + 2):
         return n, ndim == n + 2
-    raise ValueError(
+    raise ArgumentError(
         f"input must have {n + 2} dims (B, C, *{n} spatial) or {n + 1} (unbatched) for the "
         f"{n} spatial dims given by {', '.join(fixed)}, got shape {tuple(shape)}"
     )
@@ -122,14 +133,14 @@ def padding_pairs(
             return ((0, 0),) * n
         if padding == "same":
             if any(s != 1 for s in stride):
-                raise ValueError(f'{name}="same" needs stride 1, got stride={stride}')
+                raise ArgumentError(f'{name}="same" needs stride 1, got stride={stride}')
             totals = [d * (k - 1) for k, d in zip(kernel_size, dilation, strict=True)]
             return tuple((t // 2, t - t // 2) for t in totals)
-        raise ValueError(f'{name} must be an int, a tuple, "same" or "valid", got {padding!r}')
+        raise ArgumentError(f'{name} must be an int, a tuple, "same" or "valid", got {padding!r}')
     if _is_seq(padding) and any(_is_seq(p) for p in padding):  # type: ignore[attr-defined]
         pairs: tuple[Sequence[int], ...] = tuple(padding)  # type: ignore[arg-type]
         if len(pairs) != n or not all(_is_seq(p) and len(p) == 2 for p in pairs):
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} as per-side pairs must be {n} pairs ((lo, hi), ...), got {padding!r}"
             )
         flat = ntuple(tuple(v for p in pairs for v in p), 2 * n, name, min_value=0)
@@ -140,20 +151,20 @@ def padding_pairs(
 
 def choice(value: object, name: str, choices: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        raise ArgumentError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value
 
 
 def groups(groups: object, **counts: int) -> int:
     """``groups`` as a positive int dividing every channel count (name -> count)."""
     if not _is_int(groups):
-        raise TypeError(f"groups must be an int, got {groups!r}")
+        raise ArgumentTypeError(f"groups must be an int, got {groups!r}")
     g = int(groups)  # type: ignore[call-overload]
     if g < 1:
-        raise ValueError(f"groups must be a positive int, got {g}")
+        raise ArgumentError(f"groups must be a positive int, got {g}")
     for name, count in counts.items():
         if count % g:
-            raise ValueError(f"{name} ({count}) must be divisible by groups ({g})")
+            raise ArgumentError(f"{name} ({count}) must be divisible by groups ({g})")
     return g
 
 
@@ -162,9 +173,11 @@ def workspace(max_workspace_bytes: object) -> int | None:
     if max_workspace_bytes is None:
         return None
     if not _is_int(max_workspace_bytes):
-        raise TypeError(f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}")
+        raise ArgumentTypeError(
+            f"max_workspace_bytes must be an int or None, got {max_workspace_bytes!r}"
+        )
     if max_workspace_bytes < 1:  # type: ignore[operator]
-        raise ValueError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
+        raise ArgumentError(f"max_workspace_bytes must be positive, got {max_workspace_bytes}")
     return int(max_workspace_bytes)  # type: ignore[call-overload]
 
 
@@ -189,7 +202,7 @@ def output_size(
     ):
         span = d * (k - 1) + 1
         if s_ + lo + hi < span:
-            raise ValueError(
+            raise ArgumentError(
                 f"kernel_size {kernel_size} with dilation {dilation} spans {span} in spatial dim "
                 f"{i}, larger than {s_ + lo + hi}, the {name} {tuple(spatial)} padded by "
                 f"{padding}"
@@ -209,7 +222,7 @@ def transpose_output_size(
     """Spatial size of a transposed convolution, ``(S-1) s - 2p + d (k-1) + op + 1``."""
     for i, (op, s, d) in enumerate(zip(output_padding, stride, dilation, strict=True)):
         if op >= max(s, d):
-            raise ValueError(
+            raise ArgumentError(
                 f"output_padding must be smaller than max(stride, dilation) in every dim, "
                 f"got output_padding={output_padding} with stride={stride}, dilation={dilation} "
                 f"(dim {i})"
@@ -221,7 +234,7 @@ def transpose_output_size(
         )
     )
     if any(o < 0 for o in out):  # 0 is allowed: torch returns an empty tensor
-        raise ValueError(
+        raise ArgumentError(
             f"transposed output size {out} is negative for input spatial size "
             f"{tuple(spatial)}, kernel_size={kernel_size}, stride={stride}, padding={padding}, "
             f"output_padding={output_padding}, dilation={dilation}"
@@ -253,7 +266,7 @@ def output_padding_for(
     )
     for i, (want, lo, st) in enumerate(zip(size, smallest, stride, strict=True)):
         if not lo <= want <= lo + st - 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"output_size {size} is not reachable: dim {i} must lie in [{lo}, {lo + st - 1}] "
                 f"for input spatial size {tuple(spatial)}, kernel_size={kernel_size}, "
                 f"stride={stride}, padding={padding}, dilation={dilation}"
@@ -321,7 +334,7 @@ def check_alloc(
                 else f"the {limit} bytes of memory of device {device}"
             )
             got = ", ".join(f"{k}={v!r}" for k, v in args.items())
-            raise ValueError(
+            raise ArgumentError(
                 f"{op} with {got} would allocate {name} of shape {tuple(shape)}: {numel} "
                 f"elements, {nbytes} bytes of {dtype}, more than {bound}"
             )

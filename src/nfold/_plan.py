@@ -248,17 +248,17 @@ def check_pad_mode(spatial: Sequence[int], pads: Pads, mode: str) -> None:
     """The sizes ``mode`` can pad (as ``F.pad``): reflect < size, circular <= size."""
     for i, (size, (lo, hi)) in enumerate(zip(spatial, pads, strict=True)):
         if mode == "reflect" and max(lo, hi) >= size:
-            raise ValueError(
+            raise _args.ArgumentError(
                 f'padding {pads} with padding_mode="reflect" must be smaller than the input '
                 f"size {size} in spatial dim {i}"
             )
         if mode == "circular" and max(lo, hi) > size:
-            raise ValueError(
+            raise _args.ArgumentError(
                 f'padding {pads} with padding_mode="circular" must be at most the input '
                 f"size {size} in spatial dim {i}"
             )
         if mode == "replicate" and size == 0 and lo + hi > 0:
-            raise ValueError(f"cannot replicate-pad an empty spatial dim {i}")
+            raise _args.ArgumentError(f"cannot replicate-pad an empty spatial dim {i}")
 
 
 # --------------------------------------------------------------------------- plans
@@ -325,7 +325,7 @@ def unfold_plan(
     batch_shape = tuple(shape) if batched else (1, *shape)
     spatial = batch_shape[2:]
     if batch_shape[1] == 0 or 0 in spatial:  # as torch's unfold, even with padding
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input must have non-empty channel and spatial dims (only the batch may be "
             f"empty), got shape {tuple(shape)}"
         )
@@ -368,21 +368,23 @@ def fold_plan(
     geom = geometry(n, kernel_size, dilation, padding, stride)
     mode = _args.choice(reduction, "reduction", _args.REDUCTIONS)
     if mode == "mean" and not (dtype.is_floating_point or dtype.is_complex):
-        raise TypeError(f'reduction="mean" needs a floating or complex input, got {dtype}')
+        raise _args.ArgumentTypeError(
+            f'reduction="mean" needs a floating or complex input, got {dtype}'
+        )
     if len(shape) not in (2, 3):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input must have 3 dims (B, C * prod(kernel_size), L) or 2 (unbatched), "
             f"got shape {tuple(shape)}"
         )
     batch_shape = tuple(shape) if len(shape) == 3 else (1, *shape)
     k_numel = math.prod(geom.kernel)
     if batch_shape[1] == 0:  # as torch's fold
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input's channel dim (C * prod(kernel_size)) must be non-empty, got shape "
             f"{tuple(shape)}"
         )
     if batch_shape[1] % k_numel:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input's channel dim ({batch_shape[1]}) must be divisible by prod(kernel_size) = "
             f"{k_numel} (kernel_size={geom.kernel})"
         )
@@ -390,7 +392,7 @@ def fold_plan(
         spatial, geom.kernel, geom.dilation, geom.padding, geom.stride, name="output_size"
     )
     if batch_shape[2] != math.prod(blocks):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input's last dim ({batch_shape[2]}) must equal the number of blocks "
             f"{math.prod(blocks)} = prod{blocks} for output_size={spatial}, "
             f"kernel_size={geom.kernel}, dilation={geom.dilation}, padding={geom.padding}, "
@@ -429,7 +431,7 @@ def unfold_transpose_plan(
     spatial = batch_shape[2:]
     outs = _args.transpose_output_size(spatial, *t)
     if batch_shape[1] == 0 or (batch_shape[0] and 0 in spatial):  # as torch's conv_transpose
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input must have non-empty channel dims, and non-empty spatial dims unless the "
             f"batch is empty, got shape {tuple(shape)}"
         )

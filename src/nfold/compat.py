@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from . import _args
 from .conv import conv
 from .modules import Fold as FoldNd
 from .modules import Unfold as UnfoldNd
@@ -45,7 +46,7 @@ __all__ = [
 
 def _check_n(n: object) -> int:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"N (number of spatial dims) must be a positive int, got {n!r}")
+        raise _args.ArgumentError(f"N (number of spatial dims) must be a positive int, got {n!r}")
     return n
 
 
@@ -54,7 +55,7 @@ def _tuple(value: Any, n: int) -> tuple[Any, ...]:
     n = _check_n(n)
     if isinstance(value, (tuple, list)):
         if len(value) != n:
-            raise ValueError(f"expected an int or a tuple of {n} values, got {value!r}")
+            raise _args.ArgumentError(f"expected an int or a tuple of {n} values, got {value!r}")
         return tuple(value)
     return (value,) * n
 
@@ -62,7 +63,7 @@ def _tuple(value: Any, n: int) -> tuple[Any, ...]:
 def _get_kernel_size_numel(kernel_size: tuple[int, ...]) -> int:
     """unfoldNd.utils._get_kernel_size_numel: number of elements of a kernel (a tuple)."""
     if not isinstance(kernel_size, tuple):
-        raise ValueError(f"kernel_size must be a tuple. Got {kernel_size}.")
+        raise _args.ArgumentError(f"kernel_size must be a tuple. Got {kernel_size}.")
     return math.prod(kernel_size)
 
 

@@ -68,11 +68,15 @@ def _check_dtypes(dtypes: dict[str, torch.dtype | None], fn: str) -> None:
     """Floating or complex, and weight and bias of the input's dtype."""
     for name, dtype in dtypes.items():
         if dtype is not None and not (dtype.is_floating_point or dtype.is_complex):
-            raise TypeError(f"{fn} needs floating or complex tensors, got {name} of dtype {dtype}")
+            raise _args.ArgumentTypeError(
+                f"{fn} needs floating or complex tensors, got {name} of dtype {dtype}"
+            )
     for name in ("weight", "bias"):
         dtype = dtypes[name]
         if dtype is not None and dtype != dtypes["input"]:
-            raise TypeError(f"{name} dtype {dtype} must match input dtype {dtypes['input']}")
+            raise _args.ArgumentTypeError(
+                f"{name} dtype {dtype} must match input dtype {dtypes['input']}"
+            )
 
 
 def _ranks(
@@ -85,14 +89,14 @@ def _ranks(
         else "(C_in, C_out/groups, *kernel_size)"
     )
     if len(w_shape) < 3:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight must have shape {layout} with at least 1 spatial dim, "
             f"got shape {tuple(w_shape)}"
         )
     n = _args.infer_n(sizes, default=len(w_shape) - 2)
     if len(w_shape) != n + 2:
         given = ", ".join(f"{k}={v!r}" for k, v in sizes.items() if _args.tuple_len(v, k))
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight must have {n + 2} dims {layout} for the {n} spatial dims that {given} "
             f"give, got shape {tuple(w_shape)}"
         )
@@ -106,7 +110,7 @@ def _autocast(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _check_bias(bias: Sequence[int] | None, c_out: int) -> None:
     if bias is not None and tuple(bias) != (c_out,):
-        raise ValueError(
+        raise _args.ArgumentError(
             f"bias must have shape ({c_out},) (one value per output channel), "
             f"got shape {tuple(bias)}"
         )
@@ -469,17 +473,19 @@ def _conv_plan(
     method = _args.choice(method, "method", _METHODS)
     c_in, c_out = x_batched[1], w_shape[0]
     if c_out == 0:  # as torch's conv
-        raise ValueError(f"weight must have C_out >= 1 (dim 0), got shape {tuple(w_shape)}")
+        raise _args.ArgumentError(
+            f"weight must have C_out >= 1 (dim 0), got shape {tuple(w_shape)}"
+        )
     g = _args.groups(groups, **{"input channels (C_in)": c_in, "weight.shape[0] (C_out)": c_out})
     if c_in != w_shape[1] * g:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input has {c_in} channels but weight of shape {tuple(w_shape)} with groups={g} "
             f"expects weight.shape[1] * groups = {w_shape[1] * g}"
         )
     _check_bias(b_shape, c_out)
     spatial = tuple(x_batched[2:])
     if 0 in spatial and x_batched[0] and c_in:  # as torch's conv
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input must have non-empty spatial dims unless the batch or the channels are "
             f"empty, got shape {tuple(x_shape)}"
         )
@@ -495,7 +501,7 @@ def _conv_plan(
     one_rows = _args.span(kernel, dil) if has_pad else kernel
     one = layout.cost(1, one_rows, ((0, 0),) * n, (1,) * n)
     if limit is not None and one > limit:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
             f"position needs (C_in * prod(kernel_size) = {c_in * k_numel} elements of "
             f"{item} bytes)"
@@ -655,7 +661,7 @@ def _conv_transpose_plan(
     method = _args.choice(method, "method", _METHODS)
     c_in = x_batched[1]
     if c_in != w_shape[0]:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input has {c_in} channels but weight of shape {tuple(w_shape)} expects "
             f"weight.shape[0] = {w_shape[0]} (layout (C_in, C_out/groups, *kernel_size))"
         )
@@ -664,19 +670,19 @@ def _conv_transpose_plan(
     _check_bias(b_shape, c_out)
     spatial = tuple(x_batched[2:])
     if c_in == 0 or c_out == 0:  # as torch's conv_transpose
-        raise ValueError(
+        raise _args.ArgumentError(
             f"weight must have C_in >= 1 and C_out/groups >= 1 (dims 0 and 1), got shape "
             f"{tuple(w_shape)}"
         )
     if x_batched[0] and 0 in spatial:  # as torch's conv_transpose
-        raise ValueError(
+        raise _args.ArgumentError(
             f"input must have non-empty spatial dims unless the batch is empty, got shape "
             f"{tuple(x_shape)}"
         )
     if output_size is not None:
         derived = _args.output_padding_for(spatial, output_size, kernel, st, pad_, dil)
         if any(out_pad) and out_pad != derived:
-            raise ValueError(
+            raise _args.ArgumentError(
                 f"output_padding={out_pad} contradicts output_size={output_size!r}, which "
                 f"needs output_padding={derived}; give only one of them"
             )
@@ -690,7 +696,7 @@ def _conv_transpose_plan(
     rows = tuple(min(s_, -(-sp // s)) for s_, sp, s in zip(spatial, span, st, strict=True))
     one = layout.cost(1, rows, (0,) * n, (1,) * n)
     if limit is not None and one > limit:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes one output "
             f"position may need (C_out * prod(kernel_size) = {c_out * k_numel} elements "
             f"of {item} bytes per contributing input position, up to {math.prod(rows)})"

@@ -29,9 +29,9 @@ from .conv import conv, conv_transpose
 
 def _positive_int(value: object, name: str) -> int:
     if not _args._is_int(value):
-        raise TypeError(f"{name} must be an int, got {value!r}")
+        raise _args.ArgumentTypeError(f"{name} must be an int, got {value!r}")
     if value < 1:  # type: ignore[operator]
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise _args.ArgumentError(f"{name} must be a positive int, got {value!r}")
     return int(value)  # type: ignore[call-overload]
 
 
@@ -86,19 +86,23 @@ class _ConvBase(nn.Module):
         if ndim is not None:
             _positive_int(ndim, "ndim")
         if ndim is None and all(_args.tuple_len(v, k) is None for k, v in sizes.items()):
-            raise ValueError(
+            raise _args.ArgumentError(
                 f"{type(self).__name__} cannot tell the number of spatial dims from int size "
                 f"arguments (kernel_size={kernel_size!r}): pass ndim=N or N-tuples"
             )
         n = _args.infer_n(sizes, default=ndim)
         if ndim is not None and ndim != n:
-            raise ValueError(f"ndim={ndim} disagrees with the size arguments, which have {n} dims")
+            raise _args.ArgumentError(
+                f"ndim={ndim} disagrees with the size arguments, which have {n} dims"
+            )
         in_channels = _positive_int(in_channels, "in_channels")
         out_channels = _positive_int(out_channels, "out_channels")
         groups = _positive_int(groups, "groups")
         for count, name in ((in_channels, "in_channels"), (out_channels, "out_channels")):
             if count % groups:
-                raise ValueError(f"{name} ({count}) must be divisible by groups ({groups})")
+                raise _args.ArgumentError(
+                    f"{name} ({count}) must be divisible by groups ({groups})"
+                )
         kernel = _args.ntuple(kernel_size, n, "kernel_size")
         st = _args.ntuple(stride, n, "stride")
         dil = _args.ntuple(dilation, n, "dilation")
@@ -108,7 +112,7 @@ class _ConvBase(nn.Module):
         if transposed:
             pad_ = _args.ntuple(padding, n, "padding", min_value=0)
             if mode != "zeros":
-                raise ValueError(
+                raise _args.ArgumentError(
                     f'padding_mode must be "zeros" for a transposed conv, got {mode!r}'
                 )
             _args.transpose_output_size((1,) * n, kernel, st, (0,) * n, out_pad, dil)  # checks op
@@ -260,7 +264,7 @@ def _transpose_forward(
     m: nn.Module, input: torch.Tensor, output_size: IntOrTuple | None
 ) -> torch.Tensor:
     if m.padding_mode != "zeros":
-        raise ValueError(
+        raise _args.ArgumentError(
             f'only padding_mode="zeros" is supported for {type(m).__name__}, got {m.padding_mode!r}'
         )
     # As torch: an explicit output_size decides the output padding, the attribute is ignored.

@@ -80,7 +80,9 @@ def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn
     'nfold.conv_modules'
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise _args.ArgumentTypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}"
+        )
     method = _args.choice(method, "method", ("auto", "gemm"))
     if not inplace:  # new modules, the same Parameters and buffers
         state = itertools.chain(model.parameters(), model.buffers())

@@ -74,7 +74,9 @@ class _Geometry(NamedTuple):
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
     if not (x.is_floating_point() or x.is_complex()):
-        raise TypeError(f"patch_covariance needs a floating or complex input, got {x.dtype}")
+        raise _args.ArgumentTypeError(
+            f"patch_covariance needs a floating or complex input, got {x.dtype}"
+        )
     return _ACCUMULATE.get(x.dtype, x.dtype)
 
 
@@ -391,7 +393,7 @@ def patch_covariance(
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     g = _args.groups(groups, **{"input channels": x.shape[1]})
     if not isinstance(bias, bool):
-        raise TypeError(f"bias must be a bool, got {bias!r}")
+        raise _args.ArgumentTypeError(f"bias must be a bool, got {bias!r}")
     how = _args.choice(reduction, "reduction", REDUCTIONS)
     limit = _args.workspace(max_workspace_bytes)
     spatial = tuple(x.shape[2:])
@@ -407,7 +409,7 @@ def patch_covariance(
         one += (x.shape[1] * math.prod(kernel) + g * bias) * acc_item
         what = "one sample"
     if limit is not None and one > limit:
-        raise ValueError(
+        raise _args.ArgumentError(
             f"max_workspace_bytes={limit} is smaller than the {one} bytes {what} needs "
             f'(reduction="{how}", input shape {tuple(x.shape)}, kernel_size={kernel})'
         )
