@@ -403,7 +403,7 @@ def conv_transpose(
     """Batched ``(B, C_in, *S)`` -> ``(B, C_out, *outs)``; arguments already validated.
     In the ``slabs`` the call's plan cut (``NativeConvTransposeSlabs``), each the uncropped
     transposed conv of the input rows it reads, cropped."""
-    if len(slabs) == 1 and not slabs[0].spans:  # whole: no crop
+    if _slabs.whole(slabs, x.shape[0]):  # no crop
         return _conv_transpose(x, w, bias, stride, padding, output_padding, dilation, groups, outs)
     n, c_out = len(stride), w.shape[1] * groups
     spans = _args.span(tuple(w.shape[2:]), dilation)

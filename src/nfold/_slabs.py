@@ -123,6 +123,11 @@ def plan(
     return slabs
 
 
+def whole(slabs: Sequence[Slab], batch: int) -> bool:
+    """Whether ``slabs`` is the one slab of the whole input (a batch of ``batch``)."""
+    return len(slabs) == 1 and not slabs[0].spans and slabs[0].batch == (0, batch)
+
+
 Leaf = Callable[[torch.Tensor, Sequence[Param], Sequence[int]], torch.Tensor]
 
 
@@ -141,8 +146,8 @@ def run(
     ``into``: no autograd graph is recorded (the caller checked), so each slab is copied
     into one preallocated output as soon as it is made instead of being held until a
     concatenation: peak memory is the output plus one slab's, not twice the output."""
-    if len(slabs) == 1 and not slabs[0].spans and slabs[0].batch == (0, x.shape[0]):
-        return leaf(x, params, outs)  # one slab: the whole input
+    if whole(slabs, x.shape[0]):
+        return leaf(x, params, outs)
     if into:
         return _run_into(x, slabs, params, outs, leaf)
 

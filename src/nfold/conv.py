@@ -530,7 +530,8 @@ def _conv_plan(
     else:
         cache = ConvCacheSlabs(*sizes_, limit=limit)
         slabs = _slabs.plan(batch, sp, ps, outs, _workspace(limit, one, device), cache)
-    whole = ConvSpec(Geometry(kernel, dil, ps, st), g) if not auto and slabs == one_slab else None
+    in_one = not auto and _slabs.whole(slabs, batch)
+    whole = ConvSpec(Geometry(kernel, dil, ps, st), g) if in_one else None
     rule = _plan.policy(device)
     small = None if whole is None else _SmallGemm.of(whole, (batch, c_in, *sp), c_out, dtype, rule)
     return _ConvPlan(

@@ -99,7 +99,6 @@ def _fold_batched(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     """fold of a :func:`_legacy_batched` tensor out of place: one ``scatter_add`` into a
     zero-padded buffer, cropped (the scatter path's sums, in its order on the CPU)."""
     acc = torch.float32 if y.dtype in _LOW_PRECISION else y.dtype
-    acc = torch.int64 if acc in _NO_ADD else acc
     padded = _args.padded_size(spatial, geom.padding)
     index = _index(padded, geom, y.device)
     planes = y.shape[0] * (y.shape[1] // math.prod(geom.kernel))
@@ -399,10 +398,10 @@ def _fold_forward(y: torch.Tensor, spatial: tuple[int, ...], geom: Geometry) -> 
     from zero, as torch's col2im does, so results are bitwise equal to torch's.
     Padding is never materialised: out-of-range blocks are clipped.
     """
-    if _legacy_batched(y):
-        return _fold_batched(y, spatial, geom)
     if y.dtype in _NO_ADD:
         return _fold_forward(y.to(torch.int64), spatial, geom).to(y.dtype)
+    if _legacy_batched(y):
+        return _fold_batched(y, spatial, geom)
     rule = _plan.policy(y.device)
     steps = _fold_steps(y.shape, y.dtype, y.device, rule, y.is_contiguous(), spatial, geom)
     if steps.torch_args is not None:
