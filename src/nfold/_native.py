@@ -185,9 +185,9 @@ class _Merged:
 
 
 #: in training, the merged input is built in chunks of at most the input's size / this.
-#: Measured on benchmarks/conv_engine.py's 4-d and 5-d rows, peak memory of forward +
-#: backward / torchnd's: 1: 0.41-1.79, 2: 0.41-1.35, 4: 0.41-1.08; forward+backward time
-#: the same within the noise (the strided row's forward alone 1.3x slower at 4).
+#: Measured on benchmarks/conv_engine.py's 4-d and 5-d rows (Xeon, 1 thread), peak memory
+#: of forward + backward / torchnd's: 1: 0.40-1.66, 2: 0.39-1.28, 4: 0.39-1.02; forward +
+#: backward time / torchnd's: 1: 0.38-1.05, 2: 0.38-0.99, 4: 0.40-1.03.
 _MERGED_CHUNKS = 4
 
 
@@ -196,7 +196,9 @@ class _MergedGrad(torch.autograd.Function):
     times larger), and builds the merged input a chunk at a time (:func:`_chunks`), in
     forward and again in backward for ``convolution_backward``, so the peak memory is the
     input, the output (and its gradient) and one chunk, not the whole merged input (and
-    its gradient, and oneDNN's blocked copies of both). Under ``create_graph`` (double
+    its gradient, and oneDNN's blocked copies of both). Each chunk's input gradient is
+    added into the whole one by a strided add per leading kernel offset
+    (:func:`_unmerge_add`, the adjoint of the merge). Under ``create_graph`` (double
     backward) it differentiates a recomputation by torch ops instead."""
 
     @staticmethod
@@ -305,22 +307,41 @@ def _merged_grads(
     grad_x = torch.zeros_like(x) if needs[0] else None
     grad_w = None
     for samples, rows, reads in _chunks(spec, x, tuple(grad.shape[2 : 2 + lead])):
-        with torch.enable_grad():
-            xs = x[samples, :, reads].detach().requires_grad_(needs[0])
-            cols = spec.merge(xs)
-        g = grad[samples, :, rows].movedim(1, 1 + lead).reshape(-1, c_out, *grad.shape[2 + lead :])
+        xs = x[samples, :, reads]
+        g = grad[samples, :, rows]
+        cols = spec.merge(xs)
         grad_cols, part_w, _ = torch.ops.aten.convolution_backward(
-            g, cols.detach(), w_m, None, spec.stride[sl], spec.trail, spec.dilation[sl],
+            g.movedim(1, 1 + lead).reshape(-1, c_out, *grad.shape[2 + lead :]),
+            cols, w_m, None, spec.stride[sl], spec.trail, spec.dilation[sl],
             False, [0] * 3, spec.groups, [needs[0], needs[1], False],
         )  # fmt: skip
         if grad_x is not None:
-            (part_x,) = torch.autograd.grad(cols, xs, grad_cols)
-            grad_x[samples, :, reads] += part_x
+            _unmerge_add(spec, grad_x[samples, :, reads], grad_cols, tuple(g.shape[2 : 2 + lead]))
         if needs[1]:
             grad_w = part_w if grad_w is None else grad_w + part_w
     if needs[1] and grad_w is None:  # an empty batch
         grad_w = torch.zeros_like(w)
     return grad_x, None if grad_w is None else grad_w.reshape(w.shape)
+
+
+def _unmerge_add(
+    spec: _Merged, into: torch.Tensor, cols: torch.Tensor, outs_lead: tuple[int, ...]
+) -> None:
+    """``into += `` the adjoint of ``spec.merge`` applied to ``cols``: one strided add of
+    whole trailing volumes per leading kernel offset, in row-major offset order."""
+    lead, kernel = spec.lead, spec.kernel[: spec.lead]
+    c = into.shape[1]
+    view = cols.reshape(into.shape[0], *outs_lead, c, *kernel, *cols.shape[2:])
+    # (B, C, *k_lead, *L_lead, *S_trail)
+    view = view.permute(0, 1 + lead, *range(2 + lead, 2 + 2 * lead), *range(1, 1 + lead),
+                        *range(2 + 2 * lead, view.dim()))  # fmt: skip
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        dst: tuple[Any, ...] = tuple(
+            slice(j * d, j * d + (o - 1) * s + 1, s)
+            for j, d, s, o in zip(offset, spec.dilation, spec.stride, outs_lead, strict=False)
+        )
+        src: tuple[Any, ...] = offset
+        into[(slice(None), slice(None), *dst)].add_(view[(slice(None), slice(None), *src)])
 
 
 def _sum_offsets(x: torch.Tensor, w: torch.Tensor, groups: int) -> bool:
