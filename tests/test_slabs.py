@@ -1,9 +1,11 @@
 """The slab plan of conv / conv_transpose is data: a list of slabs that tile the output
 exactly once, each within the budget, each reading exactly the input rows its outputs
-need. (That running the plan equals the unchunked op is pinned in test_conv.py.)"""
+need. (That running the plan equals the unchunked op is pinned in test_conv.py.) So are
+the plane chunks of unfold's zero padding and fold's padded scatter."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -129,6 +131,46 @@ def test_run_into_one_output_equals_concatenation(budget):
     assert torch.equal(into, cat) and into.is_contiguous()
     whole = _conv_leaf(w)(x, params, outs)
     torch.testing.assert_close(into, whole, rtol=1e-14, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- planes
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [(10**9, 0), (150, 0), (100, 2), (60, 3), (30, 6), (25, 9), (1, 15)],
+)
+def test_plane_chunks_tile_the_planes_once_within_budget(budget, expected):
+    """(batch, channel) chunks of 3 x 5 planes of 10 bytes: whole samples while one fits,
+    else channel ranges of one sample (one plane even above the budget); in order."""
+    chunks = _slabs.planes(3, 5, 10, budget)
+    assert len(chunks) == expected
+    order = torch.zeros(3, 5, dtype=torch.int64)
+    for i, chunk in enumerate(chunks or [(slice(None), slice(None))], start=1):
+        assert bool((order[chunk] == 0).all())  # each plane once
+        assert order[chunk].numel() * 10 <= budget or order[chunk].numel() == 1
+        order[chunk] = i
+    assert order.flatten().tolist() == sorted(order.flatten().tolist()) and bool(order.all())
+
+
+@pytest.mark.parametrize(("budget", "chunks"), [(200, 24), (1200, 12), (7000, 2)])
+def test_fold_scatter_runs_the_plane_chunks(monkeypatch, budget, chunks):
+    """fold's padded scatter runs :func:`_slabs.planes`' chunks (channel ranges of a
+    sample, whole samples): torch's col2im's bits each time."""
+    rule = dataclasses.replace(_plan.CPU, pad_chunk_bytes=budget, short_row=1 << 30,
+                               index_share=float("inf"), torch_below=0)  # fmt: skip
+    monkeypatch.setitem(_plan.POLICIES, "cpu", rule)
+    _plan.clear_caches()
+    patches = sys.modules["nfold.patches"]
+    planned, scattered = [], []
+    planes, scatter = _slabs.planes, patches._fold_scatter
+    monkeypatch.setattr(_slabs, "planes", lambda *a: planned.append(planes(*a)) or planned[-1])
+    monkeypatch.setattr(patches, "_fold_scatter", lambda *a: scattered.append(1) or scatter(*a))
+    gen = torch.Generator().manual_seed(2)
+    y = torch.randn(4, 6 * 6, 48, generator=gen, dtype=torch.float64)  # 6 channels, 3 x 2
+    args = ((6, 7), (3, 2), 1, (1, 1), 1)  # output, kernel, dilation, padding, stride
+    assert torch.equal(nfold.fold(y, *args), F.fold(y, *args))
+    assert scattered and len(planned[-1]) == chunks  # padded planes: 8 x 9 x 8 bytes
 
 
 # --------------------------------------------------------------------------- "auto"

@@ -1,11 +1,13 @@
-"""The memory plan of conv and conv_transpose: output slabs, as data.
+"""The library's memory plans, as data: the pieces a call will run, cut to a byte budget.
 
-:func:`plan` cuts the output into slabs (over the batch first, then over ranges of
+:func:`plan` cuts a conv's output into slabs (over the batch first, then over ranges of
 output positions along spatial dim 0, then dim 1, ...) whose intermediates fit a byte
 budget, and returns them as a list of :class:`Slab` that can be printed, tested and
 reused; :func:`run` applies an op to each slab and concatenates the results. What a
 slab costs and which input rows it reads are a :class:`Layout`'s two methods (one per
-op), so the planner knows no convolution.
+op), so the planner knows no convolution. :func:`planes` cuts the ``(batch, channel)``
+planes of an op that works plane by plane (unfold's zero padding, fold's padded
+scatter) into the chunks whose copies fit the budget.
 """
 
 from __future__ import annotations
@@ -121,6 +123,20 @@ def plan(
         b = min(step, batch - b0)
         slabs += [Slab((b0, b), spans) for spans in split(b, sp, ps, os, 0)]
     return slabs
+
+
+def planes(batch: int, channels: int, plane: int, budget: int) -> list[tuple[slice, slice]]:
+    """``(batch, channel)`` ranges of a ``(batch, channels)`` stack of planes of ``plane``
+    bytes each, in order, whose copies fit ``budget`` bytes: whole samples where one fits,
+    else ranges of one sample's channels (at least one plane each). ``[]``: all at once."""
+    if plane * channels * batch <= budget:
+        return []
+    if plane * channels <= budget:
+        step = budget // max(plane * channels, 1)
+        return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
+    step = max(1, budget // plane)
+    return [(slice(b, b + 1), slice(c, c + step)) for b in range(batch)
+            for c in range(0, channels, step)]  # fmt: skip
 
 
 def whole(slabs: Sequence[Slab], batch: int) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import _args, _plan
+from . import _args, _plan, _slabs
 from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry
 
@@ -154,20 +154,12 @@ def _pad_chunks(
     batch: int, channels: int, plane: int, pads: Pads, rule: _plan.Policy
 ) -> list[tuple[slice, slice]]:
     """``(batch, channel)`` ranges of the input (``plane``: bytes of one zero-padded plane)
-    whose zero-padded copy fits the device policy's ``pad_chunk_bytes``, so unfold's peak
-    memory is its output plus that, not plus a padded copy of the whole input. ``[]``:
-    all of it at once."""
+    whose zero-padded copy fits the device policy's ``pad_chunk_bytes``
+    (:func:`_slabs.planes`), so unfold's peak memory is its output plus that, not plus a
+    padded copy of the whole input. ``[]``: all of it at once."""
     if not _args.has_padding(pads):
         return []
-    budget = rule.pad_chunk_bytes
-    if plane * channels * batch <= budget:
-        return []
-    if plane * channels <= budget:
-        step = max(1, budget // max(plane * channels, 1))
-        return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
-    step = max(1, budget // plane)
-    channel_steps = range(0, channels, step)
-    return [(slice(b, b + 1), slice(c, c + step)) for b in range(batch) for c in channel_steps]
+    return _slabs.planes(batch, channels, plane, rule.pad_chunk_bytes)
 
 
 def _unfold_forward(x: torch.Tensor, geom: Geometry, rows_first: bool = False) -> torch.Tensor:
@@ -262,7 +254,7 @@ class _FoldSteps(NamedTuple):
     scatter: bool  # one scatter_add_ pass (else one strided add if disjoint, else phases)
     padded: tuple[int, ...]  # spatial size of the scatter's zero-padded buffer
     crop: tuple[slice, ...] | None  # where the output lies in that buffer (None: unpadded)
-    step: int  # planes per padded scatter chunk
+    chunks: list[tuple[slice, slice]]  # (batch, channel) ranges scattered one at a time
     disjoint: bool  # one strided add (blocks do not overlap)
     phases: list[_Phase]  # else these phases (none for the scatter and disjoint paths)
     covered: bool  # the phase buffers are written to every output element (out needs no zeros)
@@ -283,7 +275,8 @@ def _fold_steps(
     scatter = _scatter_pays(shape, dtype, contiguous, blocks, strided, acc, math.prod(kernel), rule)
     padded = _args.padded_size(spatial, geom.padding)
     crop = tuple(slice(lo, lo + n) for n, (lo, _) in zip(spatial, geom.padding, strict=True))
-    step = max(1, rule.pad_chunk_bytes // (dtype.itemsize * math.prod(padded)))
+    plane = dtype.itemsize * math.prod(padded)
+    chunks = _slabs.planes(batch, channels, plane, rule.pad_chunk_bytes) if geom.padded else []
     phases: list[_Phase] = []
     covered = False
     if not (scatter or geom.disjoint):
@@ -292,7 +285,7 @@ def _fold_steps(
     index = _index(padded, geom, device) if scatter and small else None
     return _FoldSteps(
         acc, (batch, channels, *kernel, *blocks), (batch, channels, *spatial), scatter,
-        padded, crop if geom.padded else None, step, geom.disjoint, phases, covered, index,
+        padded, crop if geom.padded else None, chunks, geom.disjoint, phases, covered, index,
         _plan.torch_args(geom, dtype, rule, batch, math.prod(shape) * dtype.itemsize),
     )  # fmt: skip
 
@@ -335,30 +328,33 @@ def _phases(spatial: tuple[int, ...], blocks: tuple[int, ...], geom: Geometry, b
 
 def _fold_scatter(y: torch.Tensor, steps: _FoldSteps, geom: Geometry) -> torch.Tensor:
     """fold as ``scatter_add_`` passes into a zero-padded buffer, cropped into the output,
-    a chunk of planes at a time (so the padded copy never exceeds the policy's ``pad_chunk_bytes``).
+    a chunk of planes at a time (:func:`_slabs.planes`: the padded copy never exceeds the
+    policy's ``pad_chunk_bytes``).
 
     On the CPU scatter_add_ walks each row's index in order (on GPUs it uses atomics), so
     every output element still receives its blocks in row-major kernel-offset order,
     starting from zero: bitwise equal to the phase path.
     """
     index = _index(steps.padded, geom, y.device) if steps.positions is None else steps.positions
-    rows, cells = steps.out[0] * steps.out[1], math.prod(steps.padded)
-    src = y.view(rows, index.shape[-1])
+    cells = math.prod(steps.padded)
 
     def scatter(part: torch.Tensor) -> torch.Tensor:
-        buf = torch.zeros((part.shape[0], cells), dtype=y.dtype, device=y.device)
-        return buf.scatter_add_(1, index.expand(part.shape[0], -1), part)
+        """``(b, c, prod(k) * L)`` -> the ``(b, c, *padded)`` sums."""
+        rows = part.shape[0] * part.shape[1]
+        buf = torch.zeros((rows, cells), dtype=y.dtype, device=y.device)
+        buf = buf.scatter_add_(1, index.expand(rows, -1), part.reshape(rows, index.shape[-1]))
+        return buf.view(*part.shape[:2], *steps.padded)
 
+    src = y.view(*steps.out[:2], index.shape[-1])
     if steps.crop is None:
-        return scatter(src).view(steps.out)
-    if steps.step >= rows:
-        part = scatter(src).view(rows, *steps.padded)[(slice(None), *steps.crop)]
-        return part.clone(memory_format=torch.contiguous_format).view(steps.out)
-    out = torch.empty((rows, *steps.out[2:]), dtype=y.dtype, device=y.device)
-    for r in range(0, rows, steps.step):
-        part = scatter(src[r : r + steps.step]).view(-1, *steps.padded)
-        out[r : r + steps.step] = part[(slice(None), *steps.crop)]
-    return out.view(steps.out)
+        return scatter(src)
+    where = (slice(None), slice(None), *steps.crop)
+    if not steps.chunks:
+        return scatter(src)[where].clone(memory_format=torch.contiguous_format)
+    out = torch.empty(steps.out, dtype=y.dtype, device=y.device)
+    for chunk in steps.chunks:
+        out[chunk] = scatter(src[chunk])[where]
+    return out
 
 
 def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
