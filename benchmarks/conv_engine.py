@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     min_run_time = args.min_run_time or (0.15 if args.quick else 0.6)
     rows = run(args.quick, set(args.target or (1, 2, 3, 4)), min_run_time)
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {os.cpu_count()} cores, timed on 1 thread (Timer's default), "
         f"load {os.getloadavg()[0]:.1f}; ratio = nfold / peer (memory: peak extra RSS ratio)\n"
     )
     print(render(rows))

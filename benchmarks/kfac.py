@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = [c for c in configs(args.quick) if not args.filter or args.filter in c.name]
 
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {os.cpu_count()} cores, timed on 1 thread (Timer's default), "
         f"load {os.getloadavg()[0]:.1f}; default workspace {_mib(kfac._AUTO_WORKSPACE)} MiB; "
         "ratio = patch_covariance time / unfold+matmul time (noisy on a shared machine)\n"
     )
