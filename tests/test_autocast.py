@@ -119,6 +119,29 @@ def test_backward_under_autocast_matches_torch(name: str) -> None:
         torch.testing.assert_close(p_ours.grad, p_theirs.grad, rtol=5e-2, atol=5e-2 * scale)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_padding_modes_train_under_autocast(n: int, mode: str) -> None:
+    """Autocast runs torch's reflect / replicate pads in float32; the padded input of the
+    "gemm" conv keeps the operands' dtype, so backward multiplies like dtypes: gradients
+    in float32 like torch's layer, to bfloat16 round-off."""
+    theirs = getattr(torch.nn, f"Conv{n}d")(3, 4, 3, padding=1, padding_mode=mode)
+    ours = getattr(nfold, f"Conv{n}d")(3, 4, 3, padding=1, padding_mode=mode)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, *(5,) * n)
+    outs = []
+    for module in (ours, theirs):
+        with _autocast():
+            out = module(x)
+        out.float().square().mean().backward()
+        outs.append(out)
+    _assert_bf16_close(outs[0], outs[1])
+    for p_ours, p_theirs in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert p_ours.grad is not None and p_ours.grad.dtype == p_theirs.grad.dtype
+        scale = p_theirs.grad.abs().max().item()
+        torch.testing.assert_close(p_ours.grad, p_theirs.grad, rtol=5e-2, atol=5e-2 * scale)
+
+
 def test_sequential_model_under_autocast() -> None:
     """Layer after layer: bfloat16 activations meet float32 weights; same dtypes as torch."""
     torch.manual_seed(0)
@@ -183,6 +206,10 @@ def test_data_movement_keeps_dtype_like_torch() -> None:
         folded = nfold.fold(cols, (6, 5), 3, padding=1)
         want_folded = F.fold(want_cols, (6, 5), 3, padding=1)
     assert cols.dtype == want_cols.dtype == torch.float32
+    low = x.to(AUTOCAST_DTYPE)
+    with _autocast():  # torch's reflect pad would be float32 under autocast; ours keeps it
+        for mode in ("reflect", "replicate", "circular"):
+            assert nfold.unfold(low, 3, padding=1, padding_mode=mode).dtype == AUTOCAST_DTYPE
     assert folded.dtype == want_folded.dtype == torch.float32
     torch.testing.assert_close(cols, want_cols, rtol=0, atol=0)
     torch.testing.assert_close(folded, want_folded, rtol=0, atol=0)

@@ -639,7 +639,12 @@ def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     if mode == "zeros":
         return F.pad(input, flat)
     if n <= 3 and input.dim() == n + 2 and input.dtype not in _NO_PAD_KERNEL:
-        return F.pad(input, flat, mode=mode)  # torch's own kernel: faster than gathers
+        # torch's own kernel: faster than gathers. Autocast would run reflect and
+        # replicate pads in float32; padding is data movement, so keep the dtype
+        if torch.is_autocast_enabled(input.device.type):
+            with torch.autocast(input.device.type, enabled=False):
+                return F.pad(input, flat, mode=mode)
+        return F.pad(input, flat, mode=mode)
     for i, (lo, hi) in enumerate(pads):
         if lo or hi:
             dim = input.dim() - n + i
