@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -148,3 +150,34 @@ def test_copy_shares_parameters_and_buffers_with_the_original() -> None:
 def test_convert_rejects_non_modules() -> None:
     with pytest.raises(TypeError, match="model"):
         nfold.convert(lambda x: x)
+
+
+@pytest.mark.parametrize("inplace", [False, True], ids=["copy", "inplace"])
+def test_uninitialised_lazy_convs_become_lazy_twins(inplace: bool) -> None:
+    """An uninitialised ``nn.LazyConv2d`` & co. becomes a lazy twin: it infers its input
+    channels and initialises its parameters (from the same RNG draws as torch's) at the
+    first call, then is nfold's layer; it pickles before that, and a torch state_dict
+    loads into it."""
+
+    def lazy() -> nn.Sequential:
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.LazyConv2d(4, 3), nn.ReLU(), nn.LazyConvTranspose2d(2, 3, stride=2),
+            nn.Flatten(0, 1), nn.LazyConv1d(3, 2),
+        )  # fmt: skip
+
+    x = torch.randn(2, 3, 6, 6)
+    want = lazy()(x)
+    net = nfold.convert(lazy(), inplace=inplace)
+    restored = pickle.loads(pickle.dumps(net))
+    got = net(x)
+    assert [type(net[i]) for i in (0, 2, 4)] == [nfold.Conv2d, nfold.ConvTranspose2d, nfold.Conv1d]
+    assert net[0].in_channels == 3 and net[4].in_channels == 9
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    trained = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 2, 3, stride=2),
+                            nn.Flatten(0, 1), nn.Conv1d(9, 3, 2))  # fmt: skip
+    restored.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(restored(x), trained(x), rtol=1e-5, atol=1e-6)
+    assert type(restored[0]) is nfold.Conv2d

@@ -289,7 +289,8 @@ class _Method:
     def __init_subclass__(cls, **kwargs: object) -> None:
         # the torch class's signature plus ``method``, for help() and docs/api.md
         super().__init_subclass__(**kwargs)
-        torch_base = next((b for b in cls.__mro__ if b.__module__ == "torch.nn.modules.conv"), None)
+        torch_base = next((b for b in cls.__mro__ if b.__module__ == "torch.nn.modules.conv"
+                           and issubclass(b, nn.modules.conv._ConvNd)), None)  # fmt: skip
         if torch_base is not None:
             sig = inspect.signature(torch_base)
             extra = inspect.Parameter("method", inspect.Parameter.KEYWORD_ONLY, default="gemm")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 import itertools
+from typing import Any
 
 from torch import nn
+from torch.nn.modules.conv import _LazyConvXdMixin
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from . import _args
 from .conv_modules import (
@@ -25,6 +28,20 @@ TWINS: dict[type[nn.Module], type[nn.Module]] = {
     nn.ConvTranspose2d: ConvTranspose2d,
     nn.ConvTranspose3d: ConvTranspose3d,
 }
+
+
+def _lazy_twin(cls: type[nn.Module], n: int) -> type[nn.Module]:
+    """nfold's lazy conv class over ``cls`` (as ``nn.LazyConv2d`` is over ``nn.Conv2d``):
+    it infers ``in_channels`` at its first call, then becomes ``cls``."""
+    lazy = type(f"Lazy{cls.__name__}", (_LazyConvXdMixin, cls), {
+        "cls_to_become": cls, "_get_num_spatial_dims": lambda self: n, "__module__": __name__,
+    })  # fmt: skip
+    globals()[lazy.__name__] = lazy  # so that pickle finds it
+    return lazy
+
+
+#: the twin of an uninitialised lazy conv (``nn.LazyConv2d`` & co.), by its nfold class
+LAZY_TWINS = {twin: _lazy_twin(twin, int(twin.__name__[-2])) for twin in TWINS.values()}
 
 
 #: The methods through which a torch conv layer computes: a subclass that overrides none
@@ -52,6 +69,21 @@ def _twin(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
     return new
 
 
+def _lazy(module: Any, cls: type[nn.Module]) -> nn.Module:
+    """The lazy twin of an uninitialised lazy conv ``module``, whose hooks (copied bound to
+    ``module``) are registered again bound to the twin, as ``LazyModuleMixin`` does."""
+    new: Any = _twin(module, LAZY_TWINS[cls])
+    for hooks, handle in (
+        (new._forward_pre_hooks, module._initialize_hook),
+        (new._forward_pre_hooks_with_kwargs, module._initialize_hook),
+        (new._load_state_dict_pre_hooks, module._load_hook),
+    ):
+        hooks.pop(handle.id, None)
+    new._load_hook = new._register_load_state_dict_pre_hook(new._lazy_load_hook)
+    new._initialize_hook = new.register_forward_pre_hook(new._infer_parameters, with_kwargs=True)
+    return new
+
+
 def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn.Module:
     """Replace every ``torch.nn.Conv{1,2,3}d`` / ``ConvTranspose{1,2,3}d`` by its nfold twin.
 
@@ -61,7 +93,9 @@ def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn
     methods). Subclasses that override one of them are left alone. The twin shares
     the replaced module's ``weight`` and ``bias`` (the same ``Parameter`` objects), its
     buffers, attributes, hooks and train/eval mode, hence also its device and dtype. A
-    module used at several places is replaced by one twin.
+    module used at several places is replaced by one twin. An uninitialised lazy conv
+    (``nn.LazyConv2d`` & co.) becomes a lazy twin that infers its input channels at its
+    first call, as torch's does, and then is nfold's layer.
 
     Args:
         model: any ``nn.Module`` (may itself be a conv layer).
@@ -92,7 +126,8 @@ def convert(model: nn.Module, inplace: bool = False, method: str = "gemm") -> nn
     def swap(module: nn.Module) -> nn.Module:
         cls = twin_class(module)
         if cls is not None and id(module) not in memo:
-            memo[id(module)] = _twin(module, cls)
+            lazy = isinstance(module, LazyModuleMixin) and module.has_uninitialized_params()
+            memo[id(module)] = _lazy(module, cls) if lazy else _twin(module, cls)
             memo[id(module)].method = method  # type: ignore[assignment]
         return memo.get(id(module), module)
 
