@@ -805,3 +805,54 @@ def test_errors_come_before_any_work(monkeypatch) -> None:
 def test_public_names() -> None:
     for name in ("conv", "conv_transpose"):
         assert name in nfold.__all__
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128], ids=dtype_id)
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("transposed", [False, True], ids=["conv", "conv_transpose"])
+def test_gemm_output_has_torchs_memory_format(transposed, n, dtype):
+    """A channels-last input or weight gives a channels-last output, as torch's conv does
+    (not for torch's float64 3-d kernel): a model moved to channels_last stays so
+    through nfold's layers. Values as before, to round-off."""
+    fmt = torch.channels_last if n == 2 else torch.channels_last_3d
+    ours = conv_transpose if transposed else conv
+    theirs = getattr(F, f"conv_transpose{n}d" if transposed else f"conv{n}d")
+    gen = torch.Generator().manual_seed(5)
+    x0 = torch.randn(2, 4, *(5,) * n, generator=gen, dtype=dtype)
+    w0 = torch.randn(4, 2, *(3,) * n, generator=gen, dtype=dtype)
+    for x_cl, w_cl in itertools.product((False, True), repeat=2):
+        x = x0.contiguous(memory_format=fmt) if x_cl else x0
+        w = w0.contiguous(memory_format=fmt) if w_cl else w0
+        for kw in ({}, {"max_workspace_bytes": 16384}):
+            got = ours(x, w, padding=1, stride=2, groups=2, method="gemm", **kw)
+            want = theirs(x, w, padding=1, stride=2, groups=2)
+            assert got.stride() == want.stride(), (x_cl, w_cl, kw)
+            torch.testing.assert_close(
+                got, want, rtol=1e-12, atol=1e-12
+            ) if dtype != torch.float32 else None
+    module = nfold.Conv2d(4, 6, 3, padding=1).to(memory_format=torch.channels_last)
+    assert module(torch.randn(2, 4, 8, 8)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_weights_under_vmap_and_batched_grads():
+    """functorch's vmap (and legacy vmap) cannot make channels-last tensors: there the
+    output keeps the contiguous format, and per-sample gradients of a channels-last model
+    work as for a contiguous one."""
+    model = nfold.Conv2d(3, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    plain = nfold.Conv2d(3, 4, 3, padding=1)
+    plain.load_state_dict(model.state_dict())
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    xs = torch.randn(5, 3, 6, 6, dtype=torch.float32)
+
+    def per_sample(module):
+        def loss(p, x):
+            return torch.func.functional_call(module, p, (x.unsqueeze(0),)).square().sum()
+
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, xs)
+
+    for key, value in per_sample(model).items():
+        torch.testing.assert_close(value, per_sample(plain)[key])
+    x = xs.requires_grad_()
+    y = model(x)
+    (g,) = torch.autograd.grad(y, x, torch.ones(2, *y.shape), is_grads_batched=True)
+    torch.testing.assert_close(g[0], g[1])

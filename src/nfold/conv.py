@@ -605,14 +605,33 @@ def conv(
     if p.whole is not None:
         out = _bilinear(x, w, p.whole) if p.small is None else p.small(x, w)
         out = out if b is None else out + b.view(-1, *(1,) * p.n)
-        return out if p.batched else out.squeeze(0)
+        return _torch_format(out, x, w) if p.batched else out.squeeze(0)
     n, kernel, st, dil, g = p.n, p.kernel, p.stride, p.dilation, p.groups
 
     def leaf(x: torch.Tensor, ps: Sequence[Param], os: Sequence[int]) -> torch.Tensor:
         return _bilinear(x, w, ConvSpec(Geometry(kernel, dil, tuple(ps), st), g))
 
     out = _slabs.run(x, p.slabs, pads, p.outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
-    return out if p.batched else out.squeeze(0)
+    return _torch_format(out, x, w) if p.batched else out.squeeze(0)
+
+
+def _transformed(t: torch.Tensor) -> bool:
+    functorch = torch._C._functorch
+    return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
+
+
+def _torch_format(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``out`` (contiguous) in the memory format torch's conv gives for ``x`` and ``w``:
+    channels-last (2-d, and 3-d but in float64) when either operand is. Not under functorch
+    transforms and legacy vmap, which cannot query or make other memory formats."""
+    if x.is_contiguous() and w.is_contiguous() or not 4 <= x.dim() <= 5 or _transformed(out):
+        return out
+    if x.dim() == 5 and x.dtype in (torch.float64, torch.complex128):
+        return out  # torch's slow_conv3d keeps the contiguous format
+    fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    if any(not t.is_contiguous() and t.is_contiguous(memory_format=fmt) for t in (x, w)):
+        return out.contiguous(memory_format=fmt)
+    return out
 
 
 # --------------------------------------------------------------------------- conv_transpose
@@ -800,4 +819,4 @@ def conv_transpose(
         return _bilinear(x, w, ConvTransposeSpec(geom, size, tuple(extend), g))
 
     out = _slabs.run(x, p.slabs, pad_, outs, _add_bias(leaf, b, n), into=plain_call(x, w, b))
-    return out if p.batched else out.squeeze(0)
+    return _torch_format(out, x, w) if p.batched else out.squeeze(0)
