@@ -250,3 +250,39 @@ def test_jit_trace_saves_and_matches_eager(name: str, monkeypatch, tmp_path) -> 
     got.backward(g)
     want.backward(g)
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- torch.export
+# An exported program records the forward's aten ops (as under jit.trace): autograd
+# differentiates them in the program, and it saves and loads (no grad-mode switches).
+
+EXPORT_CASES = {
+    **JIT_CASES,
+    "Conv1d": (lambda: nfold.Conv1d(2, 4, 3, padding=1), (2, 2, 9)),
+    "Conv3d": (lambda: nfold.Conv3d(2, 4, 3, padding=1), (2, 2, 4, 4, 4)),
+    "ConvTranspose2d k2 s2": (lambda: nfold.ConvTranspose2d(4, 2, 2, stride=2), (2, 4, 4, 4)),
+    "ConvNd 4-d gemm": (
+        lambda: nfold.ConvNd(2, 3, 3, padding=1, ndim=4, method="gemm"),
+        (1, 2, 3, 4, 4, 4),
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("name", list(EXPORT_CASES))
+def test_export_differentiates_saves_and_matches_eager(name: str, tmp_path) -> None:
+    make, shape = EXPORT_CASES[name]
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    program = torch.export.export(module, (x,))
+    torch.export.save(program, tmp_path / "m.pt2")
+    for exported in (program.module(), torch.export.load(tmp_path / "m.pt2").module()):
+        xs = [x.clone().requires_grad_() for _ in range(2)]
+        got, want = exported(xs[0]), module(xs[1])
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        g = torch.randn(got.shape, dtype=torch.float64)
+        ours = torch.autograd.grad(got, [xs[0], *exported.parameters()], g)
+        theirs = torch.autograd.grad(want, [xs[1], *module.parameters()], g)
+        assert len(ours) == len(theirs)
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -360,9 +360,15 @@ def _fold_scatter(y: torch.Tensor, steps: _FoldSteps, geom: Geometry) -> torch.T
 def _index(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
     """Where fold's scatter sends each column: ``(1, prod(k) * L)`` flat positions of the
     padded output (the unfold of their arange)."""
+    if torch.compiler.is_compiling():  # made in the graph (an exported program cannot
+        return _positions(padded, geom, device)  # save grad-mode switches)
     with torch.inference_mode(False), torch.no_grad():  # cached: must serve every mode
-        positions = torch.arange(math.prod(padded), device=device).view(1, 1, *padded)
-        return _unfold_forward(positions, geom.unpadded()).view(1, -1)
+        return _positions(padded, geom, device)
+
+
+def _positions(padded: tuple[int, ...], geom: Geometry, device: torch.device) -> torch.Tensor:
+    positions = torch.arange(math.prod(padded), device=device).view(1, 1, *padded)
+    return _unfold_forward(positions, geom.unpadded()).view(1, -1)
 
 
 def _scatter_pays(
@@ -437,11 +443,19 @@ def _owning(t: torch.Tensor) -> torch.Tensor:
     would break ``relu_``, ``+=`` and ``ReLU(inplace=True)``. ``detach()`` gives the same
     storage as a plain tensor (~1 us). Only for buffers ``forward`` allocated itself: an
     alias of an input would let in-place ops on the output silently change that input.
-    Under legacy vmap (:func:`_legacy_batched`) and ``torch.jit.trace`` ``t`` is returned as is.
+    Under legacy vmap (:func:`_legacy_batched`), ``torch.jit.trace`` and ``torch.export``
+    ``t`` is returned as is.
     """
-    if _legacy_batched(t) or torch._C._get_tracing_state() is not None:
+    if _legacy_batched(t) or _records_aten_ops():
         return t  # legacy vmap has no detach; a traced detach would cut the traced graph
     return t.detach()
+
+
+def _records_aten_ops() -> bool:
+    """Under ``torch.jit.trace`` or ``torch.export``: a call is recorded as the aten ops of
+    the forward, which autograd differentiates in the traced program (a Function would be
+    a PythonOp that cannot be saved, or inlined with its ``detach``)."""
+    return torch._C._get_tracing_state() is not None or torch.compiler.is_exporting()
 
 
 def _move_vmap_dim(x: torch.Tensor, bdim: int) -> tuple[torch.Tensor, int, int]:
@@ -588,12 +602,10 @@ class Variants(NamedTuple):
     eager: _Function
 
     def apply(self, *args: Any) -> torch.Tensor:
+        if _records_aten_ops():
+            return self.core.forward(*args)  # type: ignore[no-any-return]
         if torch.compiler.is_compiling():
             fn = self.core
-        elif torch._C._get_tracing_state() is not None:
-            # torch.jit.trace records the forward's aten ops (a PythonOp could not be saved,
-            # and TorchScript differentiates those ops itself)
-            return self.core.forward(*args)  # type: ignore[no-any-return]
         elif _transforms_active is None or _transforms_active():
             fn = self.full  # the same check torch's own Function.apply makes
         elif not _graph_needed(args):
