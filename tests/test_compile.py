@@ -9,6 +9,7 @@ code generation. One test runs the default Inductor backend end to end.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -286,3 +287,33 @@ def test_export_differentiates_saves_and_matches_eager(name: str, tmp_path) -> N
         assert len(ours) == len(theirs)
         for a, b in zip(ours, theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- torch.fx
+
+
+def test_fx_symbolic_trace_records_nfold_calls() -> None:
+    """torch.fx.symbolic_trace traces through nfold's layers (torch's are fx leaves) and
+    records their conv / unfold / fold calls as graph nodes: the GraphModule computes the
+    same bits, pickles, and FX passes such as conv-bn fusion run on converted models."""
+    from torch.fx.experimental.optimization import fuse
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        nfold.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), torch.nn.ReLU(inplace=True),
+        nfold.ConvTranspose2d(4, 2, 2, stride=2), nfold.Unfold(3, padding=1),
+        nfold.Fold((16, 16), 3, padding=1),
+    )  # fmt: skip
+    net4 = torch.nn.Sequential(
+        nfold.ConvNd(2, 3, 3, padding=1, ndim=4), nfold.ConvTransposeNd(3, 2, 2, stride=2, ndim=4),
+        nfold.UnfoldTranspose(2, stride=2),
+    )  # fmt: skip
+    for module, x in ((net, torch.randn(2, 3, 8, 8)), (net4, torch.randn(1, 2, 3, 3, 3, 3))):
+        traced = torch.fx.symbolic_trace(module)
+        assert torch.equal(traced(x), module(x))
+        assert torch.equal(pickle.loads(pickle.dumps(traced))(x), module(x))
+    model = nfold.convert(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(fuse(model)(x), model(x))

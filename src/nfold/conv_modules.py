@@ -26,6 +26,11 @@ from . import _args
 from ._args import IntOrTuple, PaddingArg
 from .conv import conv, conv_transpose
 
+# torch.fx.symbolic_trace records these calls as graph nodes (torch's conv layers are fx
+# leaves; nfold's are traced into, down to here)
+torch.fx.wrap("conv")
+torch.fx.wrap("conv_transpose")
+
 
 def _positive_int(value: object, name: str) -> int:
     if not _args._is_int(value):

@@ -12,6 +12,11 @@ from . import _args, _plan
 from ._args import IntOrTuple, PaddingArg
 from .patches import fold, unfold, unfold_transpose
 
+# torch.fx.symbolic_trace records these calls as graph nodes (see conv_modules)
+torch.fx.wrap("unfold")
+torch.fx.wrap("fold")
+torch.fx.wrap("unfold_transpose")
+
 
 def _repr(defaults: Mapping[str, object], values: Mapping[str, object]) -> str:
     return ", ".join(
