@@ -653,8 +653,9 @@ def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     if n <= 3 and input.dim() == n + 2 and input.dtype not in _NO_PAD_KERNEL:
         # torch's own kernel: faster than gathers. Autocast would run reflect and
         # replicate pads in float32; padding is data movement, so keep the dtype
-        if torch.is_autocast_enabled(input.device.type):
-            with torch.autocast(input.device.type, enabled=False):
+        device = input.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
                 return F.pad(input, flat, mode=mode)
         return F.pad(input, flat, mode=mode)
     for i, (lo, hi) in enumerate(pads):
