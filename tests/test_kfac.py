@@ -274,6 +274,60 @@ def test_batch_zero_gives_zeros(reduction: str, bias: bool) -> None:
 
 
 @pytest.mark.parametrize("reduction", ["expand", "reduce"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_zero_channels_leave_the_bias_coordinate(reduction: str, bias: bool) -> None:
+    """0 input channels: D = 0, so the factor is empty, or only the bias coordinate's
+    count (B * L for "expand", B for "reduce") per group."""
+    x = torch.zeros(2, 0, 5, 5, dtype=F64)
+    out = nfold.patch_covariance(x, 3, padding=1, groups=2, bias=bias, reduction=reduction)
+    count = 2 * 25 if reduction == "expand" else 2
+    assert torch.equal(out, torch.full((2, bias, bias), float(count), dtype=F64))
+
+
+TRANSFORM_SETTINGS = [
+    {"padding": 1, "bias": True},
+    {"padding": ((1, 0), (2, 1)), "padding_mode": "reflect", "groups": 2, "bias": True},
+    {"stride": 2, "dilation": (1, 2)},
+]
+
+
+@pytest.mark.parametrize("reduction", ["expand", "reduce"])
+@pytest.mark.parametrize("kw", TRANSFORM_SETTINGS, ids=["bias", "reflect-groups", "strided"])
+def test_vmap_gives_per_sample_factors(reduction: str, kw: dict[str, object]) -> None:
+    """torch.func.vmap over samples (unbatched inputs) and over a leading dim of batches:
+    the factor of each, as computed one at a time."""
+    x = _input((3, 4, 6, 6))
+    per_sample = torch.func.vmap(
+        lambda xi: nfold.patch_covariance(xi, (3, 3), reduction=reduction, **kw)
+    )(x)
+    for i in range(3):
+        assert_exact(per_sample[i], definition(x[i : i + 1], 3, reduction=reduction, **kw))
+    stacked = torch.stack([x, x.flip(0)])
+    per_batch = torch.func.vmap(
+        lambda xb: nfold.patch_covariance(xb, 3, reduction=reduction, **kw)
+    )(stacked)
+    for i in range(2):
+        assert_exact(per_batch[i], definition(stacked[i], 3, reduction=reduction, **kw))
+
+
+@pytest.mark.parametrize("reduction", ["expand", "reduce"])
+@pytest.mark.parametrize("kw", TRANSFORM_SETTINGS, ids=["bias", "reflect-groups", "strided"])
+def test_compiles_fullgraph(reduction: str, kw: dict[str, object]) -> None:
+    """torch.compile(fullgraph=True) traces the streamed path, small workspaces included."""
+    x = _input((3, 4, 6, 6))
+    for limit in (None, 4096):
+        torch._dynamo.reset()  # one lambda code object, compiled per setting
+        compiled = torch.compile(
+            lambda x, limit=limit: nfold.patch_covariance(
+                x, 3, reduction=reduction, max_workspace_bytes=limit, **kw
+            ),
+            fullgraph=True,
+            backend="eager",
+        )
+        assert_exact(compiled(x), definition(x, 3, reduction=reduction, **kw))
+
+
+@pytest.mark.parametrize("reduction", ["expand", "reduce"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float32(dtype: torch.dtype, reduction: str) -> None:
     """Positive terms summed over 64 samples and all positions in many small chunks:

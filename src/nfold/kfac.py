@@ -20,7 +20,6 @@ differentiable: the work runs under ``torch.no_grad()``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -33,7 +32,7 @@ from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
 from .conv_modules import ConvNd
-from .patches import _pad_index, _unfold_forward
+from .patches import _pad_index, _transforms_active, _unfold_forward, unfold
 
 REDUCTIONS = ("expand", "reduce")
 
@@ -95,8 +94,10 @@ def expand_chunk_bytes(
     its unfolded matrix (accumulation dtype) plus its padded input slab (input dtype, and
     again in the accumulation dtype when that differs)."""
     slab = math.prod(
-        _slab_len(n, k, d, s)
-        for n, k, d, s in zip(lengths, geom.kernel, geom.dilation, geom.stride, strict=True)
+        [
+            _slab_len(n, k, d, s)
+            for n, k, d, s in zip(lengths, geom.kernel, geom.dilation, geom.stride, strict=True)
+        ]
     )
     unfolded = channels * math.prod(geom.kernel) * math.prod(lengths) * acc
     return batch * (unfolded + channels * slab * (item + (acc if acc != item else 0)))
@@ -235,7 +236,7 @@ def _expand(
 
 # A dozen tiny ops per call (~0.2 ms, a third of a small layer's "reduce"): cached. The
 # tensors are only ever read, under no_grad.
-@functools.lru_cache(maxsize=256)
+@_plan.memo(maxsize=256)
 def _counts(size: int, k: int, d: int, s: int, pads: tuple[int, int], blocks: int,
             mode: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:  # fmt: skip
     """``(k, size)``: how often input element p is read at kernel offset a along one dim,
@@ -414,14 +415,37 @@ def patch_covariance(
             f'(reduction="{how}", input shape {tuple(x.shape)}, kernel_size={kernel})'
         )
     workspace = max(_AUTO_WORKSPACE, one) if limit is None else limit
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.no_grad())
-        device = x.device.type
-        if torch.amp.is_autocast_available(device):  # keep our GEMMs in the accumulation dtype
-            stack.enter_context(torch.autocast(device, enabled=False))
-        work = _expand if how == "expand" else _reduce
-        out = work(x, geom, g, bias, acc, workspace).to(x.dtype)
+    device = x.device.type
+    exact = (  # keep our GEMMs in the accumulation dtype
+        torch.autocast(device, enabled=False)
+        if torch.amp.is_autocast_available(device)
+        else contextlib.nullcontext()
+    )
+    with torch.no_grad(), exact:
+        if x.shape[1] == 0 or _transforms_active is not None and _transforms_active():
+            out = _dense(x, geom, g, bias, acc, how).to(x.dtype)
+        else:
+            work = _expand if how == "expand" else _reduce
+            out = work(x, geom, g, bias, acc, workspace).to(x.dtype)
     return out if g > 1 else out.squeeze(0)
+
+
+def _dense(
+    x: torch.Tensor, geom: _Geometry, groups: int, bias: bool, acc: torch.dtype, how: str
+) -> torch.Tensor:
+    """The factor from the whole unfolded input, by out-of-place ops: under functorch
+    transforms (``torch.func.vmap`` & co.), which cannot batch the streamed path's
+    in-place sums, and for 0 channels (D = 0: only the bias coordinate, if any)."""
+    if x.shape[1]:
+        u = unfold(x.to(acc), geom.kernel, geom.dilation, geom.pads, geom.stride, geom.mode)
+    else:
+        u = x.new_zeros((x.shape[0], 0, math.prod(geom.outs)), dtype=acc)
+    u = u.view(x.shape[0], groups, -1, u.shape[-1])  # (B, G, D, L)
+    if how == "reduce":
+        u = u.mean(-1, keepdim=True)
+    if bias:
+        u = torch.cat([u, u.new_ones((*u.shape[:2], 1, u.shape[-1]))], 2)
+    return torch.einsum("bgil,bgjl->gij", u, u.conj())
 
 
 def _conv_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
