@@ -216,6 +216,21 @@ def test_install_is_idempotent_and_a_context_manager(clean_modules: Path) -> Non
         assert name not in sys.modules
 
 
+def test_nested_install_leaves_the_outer_one(clean_modules: Path) -> None:
+    """A ``with install()`` inside an installed state undoes nothing on exit: the outer
+    install (a plain call or an enclosing ``with``) stays until its own uninstall."""
+    compat.install()
+    with compat.install():
+        pass
+    assert sys.modules["unfoldNd"].unfoldNd is nfold.unfold
+    with compat.install():
+        pass
+    assert sys.modules["unfoldNd"].unfoldNd is nfold.unfold
+    compat.uninstall()
+    for name in ALL_NAMES:
+        assert name not in sys.modules
+
+
 def test_fresh_process_library_runs_on_nfold(tmp_path: Path) -> None:
     """The documented recipe, as a user runs it: install() first, then the library."""
     (tmp_path / "mylib.py").write_text(LIBRARY)

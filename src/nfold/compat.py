@@ -108,13 +108,18 @@ def _module(name: str, attrs: dict[str, object], package: bool) -> types.ModuleT
 
 
 class _Installed:
-    """What :func:`install` returns: ``with install(): ...`` uninstalls on exit."""
+    """What :func:`install` returns: ``with install(): ...`` uninstalls on exit, unless
+    that call found nfold already installed (then the outer install stays)."""
+
+    def __init__(self, installed: bool) -> None:
+        self.installed = installed
 
     def __enter__(self) -> _Installed:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        uninstall()
+        if self.installed:
+            uninstall()
 
 
 def install() -> _Installed:
@@ -131,11 +136,11 @@ def install() -> _Installed:
     Call it before importing the library that uses unfoldNd: a module that already
     ran ``from unfoldNd import unfoldNd`` keeps the function it got. If unfoldNd's own
     modules are already imported, they are replaced and a ``UserWarning`` says so.
-    Calling it again while installed does nothing.
+    Calling it again while installed does nothing (and its handle undoes nothing).
 
     Returns:
         A handle; ``with nfold.compat.install(): ...`` undoes it on exit
-        (see :func:`uninstall`).
+        (see :func:`uninstall`) if this call installed it.
 
     >>> import nfold, torch
     >>> with nfold.compat.install():
@@ -146,7 +151,8 @@ def install() -> _Installed:
     True
     """
     global _replaced
-    if _replaced is None:
+    installs = _replaced is None
+    if installs:
         present = [name for name in _NAMES if name in sys.modules]
         if present:
             warnings.warn(
@@ -163,7 +169,7 @@ def install() -> _Installed:
             sys.modules[module.__name__] = module
             setattr(top, sub, module)
         sys.modules["unfoldNd"] = top
-    return _Installed()
+    return _Installed(installs)
 
 
 def uninstall() -> None:
@@ -171,7 +177,8 @@ def uninstall() -> None:
     unfoldNd's if it had been imported) and remove the others. Does nothing if not
     installed. Modules that imported names while installed keep nfold's."""
     global _replaced
-    if _replaced is None:
+    installs = _replaced is None
+    if installs:
         return
     for name, previous in _replaced.items():
         if previous is None:
