@@ -177,8 +177,7 @@ def uninstall() -> None:
     unfoldNd's if it had been imported) and remove the others. Does nothing if not
     installed. Modules that imported names while installed keep nfold's."""
     global _replaced
-    installs = _replaced is None
-    if installs:
+    if _replaced is None:
         return
     for name, previous in _replaced.items():
         if previous is None:
