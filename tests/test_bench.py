@@ -394,3 +394,9 @@ def test_quiet_machine_is_not_warned(monkeypatch: pytest.MonkeyPatch) -> None:
     assert machine.busy_warning() is None
     monkeypatch.delattr(os, "getloadavg", raising=False)  # Windows has none
     assert machine.busy_warning() is None and machine.load_average() is None
+
+
+def test_filter_matching_no_row_is_an_error(capsys) -> None:
+    """As ``nfold check --only``: a filter that selects nothing exits 2 and says so."""
+    assert bench.run(_args("--tiny", "--no-memory", "--filter", "no such row")) == 2
+    assert "no benchmark row matches --filter 'no such row'" in capsys.readouterr().err

@@ -145,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --plot needs matplotlib: {INSTALL_HINT}", file=sys.stderr)
         return 2
     result = collect(args)
+    if not result["rows"]:
+        print(f"error: no benchmark row matches --filter {args.filter!r}", file=sys.stderr)
+        return 2
     print(render_table(result))
     if args.json:
         with open(args.json, "w") as f:
