@@ -317,3 +317,17 @@ def test_fx_symbolic_trace_records_nfold_calls() -> None:
     ).eval()
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(fuse(model)(x), model(x))
+
+
+def test_channels_last_model_compiles_with_torchs_memory_format() -> None:
+    """A channels_last "gemm" model compiles (fullgraph) and keeps torch's output format."""
+    model = nfold.Conv2d(3, 4, 3, padding=1).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    compiled = torch.compile(model, fullgraph=True, backend=BACKEND)
+    got, want = compiled(x), model(x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+    torch.testing.assert_close(got, want)
+    g = torch.randn_like(want)
+    torch.testing.assert_close(
+        torch.autograd.grad(got, x, g)[0], torch.autograd.grad(want, x, g)[0]
+    )

@@ -616,6 +616,8 @@ def conv(
 
 
 def _transformed(t: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():  # dynamo cannot call the functorch queries
+        return False
     functorch = torch._C._functorch
     return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
 
