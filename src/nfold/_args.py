@@ -118,16 +118,6 @@ def spatial_input(input: object, sizes: Mapping[str, object]) -> tuple[torch.Ten
     return (x if batched else x.unsqueeze(0)), n, batched
 
 
-def check_planes(batch_shape: Sequence[int], shape: Sequence[int]) -> None:
-    """A batched ``(B, C, *S)`` shape (of the input ``shape``) must have channels and
-    spatial extent, as torch's unfold asks, even with padding; only the batch may be 0."""
-    if batch_shape[1] == 0 or 0 in batch_shape[2:]:
-        raise ArgumentError(
-            f"input must have non-empty channel and spatial dims (only the batch may be "
-            f"empty), got shape {tuple(shape)}"
-        )
-
-
 def padding_pairs(
     padding: object,
     n: int,

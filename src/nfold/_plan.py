@@ -324,7 +324,11 @@ def unfold_plan(
     mode = _args.choice(padding_mode, "padding_mode", _args.PADDING_MODES)
     batch_shape = tuple(shape) if batched else (1, *shape)
     spatial = batch_shape[2:]
-    _args.check_planes(batch_shape, shape)
+    if batch_shape[1] == 0 or 0 in spatial:  # as torch's unfold, even with padding
+        raise _args.ArgumentError(
+            f"input must have non-empty channel and spatial dims (only the batch may be "
+            f"empty), got shape {tuple(shape)}"
+        )
     if mode != "zeros":
         check_pad_mode(spatial, geom.padding, mode)
     blocks = geom.blocks(spatial)

@@ -43,7 +43,17 @@ from ._layouts import (
 )
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
-from .patches import Variants, _fold, _owning, _unfold, pad, plain_call
+from .patches import (
+    Variants,
+    _fold,
+    _legacy_batched,
+    _owning,
+    _unfold,
+    autocasting,
+    functorch_active,
+    pad,
+    plain_call,
+)  # fmt: skip
 
 # --------------------------------------------------------------------------- validation
 
@@ -57,7 +67,7 @@ def _operands(
     w = _args.check_tensor(weight, "weight")
     b = None if bias is None else _args.check_tensor(bias, "bias")
     device = x.device.type
-    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+    if autocasting(device):
         low = torch.get_autocast_dtype(device)
         x, w = _autocast(x, low), _autocast(w, low)
         b = None if b is None else _autocast(b, low)
@@ -615,18 +625,13 @@ def conv(
     return _torch_format(out, x, w) if p.batched else out.squeeze(0)
 
 
-def _transformed(t: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():  # dynamo cannot call the functorch queries
-        return False
-    functorch = torch._C._functorch
-    return functorch.is_functorch_wrapped_tensor(t) or functorch.is_legacy_batchedtensor(t)
-
-
 def _torch_format(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``out`` (contiguous) in the memory format torch's conv gives for ``x`` and ``w``:
     channels-last (2-d, and 3-d but in float64) when either operand is. Not under functorch
     transforms and legacy vmap, which cannot query or make other memory formats."""
-    if x.is_contiguous() and w.is_contiguous() or not 4 <= x.dim() <= 5 or _transformed(out):
+    if x.is_contiguous() and w.is_contiguous() or not 4 <= x.dim() <= 5:
+        return out
+    if _legacy_batched(out) or not torch.compiler.is_compiling() and functorch_active():
         return out
     if x.dim() == 5 and x.dtype in (torch.float64, torch.complex128):
         return out  # torch's slow_conv3d keeps the contiguous format

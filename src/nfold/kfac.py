@@ -32,7 +32,7 @@ from ._args import IntOrTuple, PaddingArg, Pads
 from ._plan import Geometry, check_pad_mode
 from ._slabs import Param
 from .conv_modules import ConvNd
-from .patches import _pad_index, _transforms_active, _unfold_forward, unfold
+from .patches import _pad_index, _unfold_forward, functorch_active, unfold
 
 REDUCTIONS = ("expand", "reduce")
 
@@ -422,7 +422,7 @@ def patch_covariance(
         else contextlib.nullcontext()
     )
     with torch.no_grad(), exact:
-        if x.shape[1] == 0 or _transforms_active is not None and _transforms_active():
+        if x.shape[1] == 0 or functorch_active():
             out = _dense(x, geom, g, bias, acc, how).to(x.dtype)
         else:
             work = _expand if how == "expand" else _reduce

@@ -548,14 +548,18 @@ def _old_style(cls: _Function) -> _Function:
 _transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
 
 
+def functorch_active() -> bool:
+    """A functorch transform (``torch.func.vmap``, ``grad``, ...) is active; an unknown
+    state counts as one. The same check torch's own ``Function.apply`` makes."""
+    return _transforms_active is None or _transforms_active()
+
+
 def _traced() -> bool:
-    """Under torch.compile, torch.jit.trace or a functorch transform (an unknown state
-    counts as one)."""
+    """Under torch.compile, torch.jit.trace or a functorch transform."""
     return (
         torch.compiler.is_compiling()
         or torch._C._get_tracing_state() is not None
-        or _transforms_active is None
-        or _transforms_active()
+        or functorch_active()
     )
 
 
@@ -606,8 +610,8 @@ class Variants(NamedTuple):
             return self.core.forward(*args)  # type: ignore[no-any-return]
         if torch.compiler.is_compiling():
             fn = self.core
-        elif _transforms_active is None or _transforms_active():
-            fn = self.full  # the same check torch's own Function.apply makes
+        elif functorch_active():
+            fn = self.full
         elif not _graph_needed(args):
             return self.core.forward(*args)  # type: ignore[no-any-return]
         else:
@@ -640,6 +644,11 @@ def _pad_index(size: int, lo: int, hi: int, mode: str, device: torch.device) -> 
     return idx.remainder(size)  # circular
 
 
+def autocasting(device: str) -> bool:
+    """Autocast is on for the device type ``device`` (which may have no autocast: meta)."""
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
 def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
     """Pad the last ``len(pads)`` dims of ``input`` by ``(lo, hi)`` pairs, for any N.
 
@@ -654,7 +663,7 @@ def pad(input: torch.Tensor, pads: Pads, mode: str) -> torch.Tensor:
         # torch's own kernel: faster than gathers. Autocast would run reflect and
         # replicate pads in float32; padding is data movement, so keep the dtype
         device = input.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        if autocasting(device):
             with torch.autocast(device, enabled=False):
                 return F.pad(input, flat, mode=mode)
         return F.pad(input, flat, mode=mode)
